@@ -1,0 +1,139 @@
+"""Small frozen values passed between stages.
+
+Stages know nothing of each other; they exchange these plain values so that each stage can be
+tested and benchmarked alone and ``daemon.py`` stays the only place that wires them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Box:
+    """An axis-aligned box in full-resolution pixel coordinates."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One captured frame.
+
+    ``mono`` is a monotonic clock in seconds used for every duration (for replayed files it is
+    the media time, so a replay as fast as possible still forms the same visits); ``wall`` is
+    Unix time for messages. ``grey`` is the small grey image motion works on: picamera2 gives
+    its lores Y plane for free, other sources leave it ``None`` and the motion stage downscales
+    once.
+    """
+
+    seq: int
+    mono: float
+    wall: float
+    image: np.ndarray
+    grey: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MotionResult:
+    """What the motion gate saw in one frame."""
+
+    moving: bool
+    area: float
+    box: Box | None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One classification: the full probability vector plus what is derived from it."""
+
+    labels: tuple[str, ...]
+    scores: tuple[float, ...]
+    probs: np.ndarray
+    embedding: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def confidence(self) -> float:
+        return self.scores[0]
+
+    @property
+    def margin(self) -> float:
+        """Top-1 minus top-2 probability: small when the model is unsure."""
+        return self.scores[0] - self.scores[1] if len(self.scores) > 1 else self.scores[0]
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifiedFrame:
+    """A frame of a visit with its prediction; ``crop`` is the BGR image that was classified."""
+
+    visit_id: str
+    seq: int
+    mono: float
+    wall: float
+    prediction: Prediction
+    box: Box | None
+    crop: np.ndarray
+    of_interest: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A species of interest won the vote of a visit; raised once per visit."""
+
+    event_id: str
+    time: float
+    label: str
+    confidence: float
+    margin: float
+    frames: int
+    model_version: str
+    snapshot: np.ndarray | None = field(default=None, compare=False, repr=False)
+    decided_mono: float = 0.0
+    first_motion_mono: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class VisitSummary:
+    """Sent when a visit closes, alert or not."""
+
+    event_id: str
+    start: float
+    end: float
+    frames_seen: int
+    frames_classified: int
+    votes: dict[str, int]
+    label: str | None
+    alerted: bool
+    model_version: str
+
+
+_counter = itertools.count()
+_counter_lock = threading.Lock()
+_host_tag = f"{os.getpid() & 0xFFFF:04x}"
+
+
+def new_event_id(now: float | None = None) -> str:
+    """A time-sortable id unique on this device: UTC time to the millisecond, then a counter.
+
+    The counter and process tag keep two visits in the same millisecond, or across a restart
+    in the same millisecond, apart; lexical order is time order.
+    """
+    now = time.time() if now is None else now
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3]
+    with _counter_lock:
+        count = next(_counter) % 0x10000
+    return f"{stamp}Z-{_host_tag}{count:04x}"
