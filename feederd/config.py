@@ -108,6 +108,8 @@ class VisitsConfig(Section):
                             "species before it alerts.")
     min_confidence: float = Field(0.5, ge=0, le=1, description="Mean probability of the "
                                   "winning species over its frames.")
+    min_share: float = Field(0.3, ge=0, le=1, description="Share of the visit's classified "
+                             "frames the winning species needs (isolated frames do not alert).")
     species: list[str] = Field(default_factory=list, description="Labels that alert; empty: "
                                "every label not in the model's negative_labels.")
 

@@ -1,0 +1,279 @@
+"""The ``feederd`` command line.
+
+Exit codes: 0 success, 2 bad usage or invalid config/input (the message names the key or
+file), 1 anything else. ``--json`` switches every listing to machine-readable output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from feederd import __version__
+from feederd.config import Settings, load_settings
+from feederd.errors import ConfigError, FeederError, MqttError, TransportError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> None:
+    """Print a result: JSON for machines, a readable rendering for people."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=None, sort_keys=True, default=str) + "\n")
+    else:
+        sys.stdout.write((text(data) if text else _table(data)) + "\n")
+
+
+def _table(data: Any) -> str:
+    if isinstance(data, dict):
+        width = max((len(str(k)) for k in data), default=0)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in data.items())
+    if isinstance(data, list):
+        return "\n".join(_table(item) if isinstance(item, dict) else str(item)
+                         for item in data)
+    return str(data)
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    path = Path(args.config) if getattr(args, "config", None) else None
+    return load_settings(path, **overrides)
+
+
+# --- run / demo -------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from feederd.daemon import Daemon
+    from feederd.logsetup import setup_logging
+
+    settings = _settings(args)
+    setup_logging(settings.logging)
+    return Daemon(settings).run()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Replay the bundled clip through the bundled model; alerts as JSON lines on stdout."""
+    from feederd.daemon import Daemon
+    from feederd.logsetup import setup_logging
+
+    state = Path(args.state_dir) if args.state_dir else Path(tempfile.mkdtemp(prefix="feederd-"))
+    overrides: dict[str, Any] = {
+        "state_dir": str(state),
+        "camera": {"kind": "auto", "source": "demo", "realtime": args.realtime,
+                   "loop": args.loop},
+        "classifier": {"model": ""},
+        "mqtt": {"enabled": args.mqtt},
+    }
+    settings = _settings(args, **overrides)
+    setup_logging(settings.logging)
+    return Daemon(settings, demo=True, alert_stream=sys.stdout, visits_to_stream=args.visits).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = Path(args.file) if args.file else (Path(args.config) if args.config else None)
+    settings = load_settings(path)
+    if args.json:
+        _emit(json.loads(settings.model_dump_json()), True)
+    else:
+        sys.stdout.write(f"{path or 'defaults'}: configuration is valid\n")
+    return EXIT_OK
+
+
+# --- classify / reply -------------------------------------------------------------------------
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import cv2
+
+    from feederd.classifier import Classifier
+    from feederd.daemon import resolve_model_path
+
+    settings = _settings(args)
+    classifier = Classifier(resolve_model_path(settings), settings.classifier.threads)
+    results = []
+    for name in args.images:
+        image = cv2.imread(name, cv2.IMREAD_COLOR)
+        if image is None:
+            raise FeederError(f"{name}: not a readable image (JPEG, PNG, BMP, ...)")
+        prediction, _ = classifier.classify(image, None, 1.0, args.top_k)
+        results.append({"image": name, "label": prediction.label,
+                        "confidence": round(prediction.confidence, 4),
+                        "margin": round(prediction.margin, 4),
+                        "top": dict(zip(prediction.labels,
+                                        (round(s, 4) for s in prediction.scores),
+                                        strict=True))})
+    _emit(results, args.json, lambda rs: "\n".join(
+        f"{r['image']}: {r['label']} ({r['confidence']:.2f}, margin {r['margin']:.2f})"
+        for r in rs))
+    return EXIT_OK
+
+
+def cmd_reply(args: argparse.Namespace) -> int:
+    from feederd.mqtt import send_reply
+
+    settings = _settings(args)
+    verdict = "not_a_bird" if args.not_a_bird else "correct" if args.correct else "species"
+    send_reply(settings.mqtt, settings.mqtt_password(), args.event_id, verdict, args.species)
+    _emit({"event_id": args.event_id, "verdict": verdict, "label": args.species, "sent": True},
+          args.json)
+    return EXIT_OK
+
+
+# --- spool ------------------------------------------------------------------------------------
+
+def _open_spool(args: argparse.Namespace) -> Any:
+    from feederd.spool import Spool
+
+    settings = _settings(args)
+    return Spool(settings.spool_dir, settings.spool)
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    spool = _open_spool(args)
+    try:
+        if args.spool_cmd == "ls":
+            _emit([s.summary() for s in spool.ls(args.since, args.limit)], args.json)
+        elif args.spool_cmd == "stats":
+            _emit(spool.stats(), args.json)
+        elif args.spool_cmd == "show":
+            _emit(spool.get(args.id).summary(), args.json)
+        elif args.spool_cmd == "export":
+            last = spool.export(args.since, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+            logger.info("exported samples up to sequence %d", last)
+        elif args.spool_cmd == "ack":
+            _emit({"acked": spool.ack(args.seq), "seq": args.seq}, args.json)
+    finally:
+        spool.close()
+    return EXIT_OK
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from feederd.daemon import model_store_for
+
+    settings = _settings(args)
+    store = model_store_for(settings)
+    if args.model_cmd == "ls":
+        _emit(store.ls(), args.json)
+    elif args.model_cmd == "install":
+        _emit(store.install_file(Path(args.file), force=args.force), args.json)
+    elif args.model_cmd == "rollback":
+        _emit(store.rollback(), args.json)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from feederd.doctor import render, run_checks
+
+    settings = _settings(args)
+    results = run_checks(settings)
+    if args.json:
+        _emit([r.as_dict() for r in results], True)
+    else:
+        sys.stdout.write(render(results) + "\n")
+    return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", help="config file (default /etc/feederd/feederd.toml "
+                        "if it exists, else built-in defaults)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = argparse.ArgumentParser(prog="feederd", description="Bird-feeder camera daemon.")
+    parser.add_argument("--version", action="version", version=f"feederd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str
+            ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run, "run the daemon (camera, classifier, MQTT)")
+    demo = add("demo", cmd_demo, "replay the bundled demo clip through the demo model and "
+               "print each alert as a JSON line")
+    demo.add_argument("--loop", action="store_true", help="repeat the clip until interrupted")
+    demo.add_argument("--realtime", action="store_true", help="replay at the clip's speed")
+    demo.add_argument("--visits", action="store_true", help="also print visit summaries")
+    demo.add_argument("--mqtt", action="store_true", help="also publish to the [mqtt] broker")
+    demo.add_argument("--state-dir", help="keep spool and state here (default: a temp folder)")
+    check = add("check-config", cmd_check_config, "validate a config file and exit")
+    check.add_argument("file", nargs="?", help="config file to check")
+    classify = add("classify", cmd_classify, "classify image files with the current model")
+    classify.add_argument("images", nargs="+", metavar="IMAGE")
+    classify.add_argument("--top-k", type=int, default=3)
+    reply = add("reply", cmd_reply, "answer an alert over MQTT, as the owner would")
+    reply.add_argument("event_id", metavar="EVENT_ID")
+    verdict = reply.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--not-a-bird", action="store_true", help="the alert was wrong")
+    verdict.add_argument("--correct", action="store_true", help="the alert was right")
+    verdict.add_argument("--species", metavar="LABEL", help="it was this species instead")
+    _add_spool(sub, common)
+    _add_model(sub, common)
+    add("doctor", cmd_doctor, "check camera, model, broker, disk and clock; suggest fixes")
+    return parser
+
+
+def _add_spool(sub: Any, common: argparse.ArgumentParser) -> None:
+    spool = sub.add_parser("spool", help="inspect and export the negatives spool")
+    spool.set_defaults(func=cmd_spool)
+    ssub = spool.add_subparsers(dest="spool_cmd", required=True, metavar="ACTION")
+    ls = ssub.add_parser("ls", parents=[common], help="list samples")
+    ls.add_argument("--since", type=int, default=0, help="only sequences above this")
+    ls.add_argument("--limit", type=int, default=100)
+    ssub.add_parser("stats", parents=[common], help="counts and sizes")
+    show = ssub.add_parser("show", parents=[common], help="one sample")
+    show.add_argument("id", type=int)
+    export = ssub.add_parser("export", parents=[common],
+                             help="write a tar stream (manifest.jsonl + JPEGs) to stdout")
+    export.add_argument("--since", type=int, required=True, metavar="SEQ")
+    ack = ssub.add_parser("ack", parents=[common], help="mark samples up to SEQ as synced")
+    ack.add_argument("seq", type=int, metavar="SEQ")
+
+
+def _add_model(sub: Any, common: argparse.ArgumentParser) -> None:
+    model = sub.add_parser("model", help="list, install or roll back model bundles")
+    model.set_defaults(func=cmd_model)
+    msub = model.add_subparsers(dest="model_cmd", required=True, metavar="ACTION")
+    msub.add_parser("ls", parents=[common], help="installed versions")
+    install = msub.add_parser("install", parents=[common], help="validate, compare and "
+                              "install a bundle; the daemon reloads it")
+    install.add_argument("file", metavar="FILE")
+    install.add_argument("--force", action="store_true",
+                         help="install even if it does worse on recent labelled samples")
+    msub.add_parser("rollback", parents=[common], help="go back to the previous model")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"feederd: {problem}\n")
+        return EXIT_USAGE
+    except (MqttError, TransportError) as exc:
+        sys.stderr.write(f"feederd: {exc}\n")
+        return EXIT_FAIL
+    except FeederError as exc:
+        sys.stderr.write(f"feederd: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""The composition root: builds every stage, runs the frame loop, tears down in mirror order.
+
+Stages know nothing of each other; this module is the only place that wires camera, motion,
+classifier, visits, mining, spool, MQTT and jobs together (after Frigate's ``app.py``, with the
+frame loop kept to a few calls).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from feederd import __version__
+from feederd.assets import demo_clip_path, demo_model_path
+from feederd.capture import open_source
+from feederd.capture.base import FrameSource
+from feederd.classifier import Classifier
+from feederd.collector import Collector
+from feederd.config import Settings, load_settings
+from feederd.events import EventQueue, JsonLinesSink
+from feederd.jobs import Jobs
+from feederd.modelstore import ModelStore
+from feederd.motion import MotionDetector, VisitStateMachine
+from feederd.notify import SystemdNotifier
+from feederd.pipeline import Pipeline
+from feederd.recent import RecentVisits
+from feederd.spool import Spool
+from feederd.visits import VisitTracker
+
+logger = logging.getLogger(__name__)
+
+# Fault injection for the watchdog test: after this many frames the loop hangs, as a stuck
+# camera driver would, so the test can see systemd's watchdog pings stop.
+_STALL_AFTER = int(os.environ.get("FEEDERD_FAULT_STALL_AFTER_FRAMES", "0"))
+
+
+def model_store_for(settings: Settings) -> ModelStore:
+    return ModelStore(settings.models_dir)
+
+
+def resolve_model_path(settings: Settings) -> Path:
+    """The configured bundle, else the installed ``current`` one, else the bundled demo."""
+    if settings.classifier.model:
+        return Path(settings.classifier.model).expanduser()
+    current = model_store_for(settings).current_path()
+    return current if current is not None else demo_model_path()
+
+
+class Daemon:
+    """Owns every stage; ``run()`` returns the process exit code."""
+
+    def __init__(self, settings: Settings, *, demo: bool = False,
+                 alert_stream: IO[str] | None = None, visits_to_stream: bool = False,
+                 config_path: Path | None = None) -> None:
+        self.settings = settings
+        self._demo = demo
+        self._alert_stream = alert_stream
+        self._visits_to_stream = visits_to_stream
+        self._config_path = config_path
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._notifier = SystemdNotifier()
+        self._mqtt: Any = None
+        self._jobs: Jobs | None = None
+        self._source: FrameSource | None = None
+        self._spool: Spool | None = None
+        self.started = time.monotonic()
+
+    # --- construction, in dependency order ---------------------------------------------------
+
+    def _init_classifier(self) -> None:
+        path = resolve_model_path(self.settings)
+        self.classifier = Classifier(path, self.settings.classifier.threads)
+        self._model_target = model_store_for(self.settings).current_target()
+        logger.info("model %s (%d labels) from %s", self.classifier.bundle.version,
+                    len(self.classifier.bundle.labels), path)
+
+    def _init_storage(self) -> None:
+        s = self.settings
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        self._spool = Spool(s.spool_dir, s.spool)
+        self._recent = RecentVisits(s.mining.recent_max_bytes, s.mining.recent_max_age_s,
+                                    s.mining.jpeg_quality)
+        self.collector = Collector(s.mining, self._recent, self._spool, self.classifier.bundle)
+
+    def _init_mqtt(self) -> None:
+        if not self.settings.mqtt.enabled:
+            return
+        from feederd.mqtt import MqttLink
+
+        s = self.settings
+        self._mqtt = MqttLink(s.mqtt, s.homeassistant, s.mqtt_password(),
+                              s.state_dir / "outbox.db", self.collector, sw_version=__version__,
+                              labels=self.classifier.bundle.labels)
+
+    def _init_events(self) -> None:
+        handlers: list[Any] = [self.collector]
+        if self._alert_stream is not None:
+            handlers.append(JsonLinesSink(self._alert_stream, self._visits_to_stream))
+        if self._mqtt is not None:
+            from feederd.mqtt import MqttEvents
+
+            handlers.append(MqttEvents(self._mqtt, self.settings.mqtt))
+        self.events = EventQueue(handlers)
+
+    def _init_pipeline(self) -> None:
+        s = self.settings
+        bundle = self.classifier.bundle
+        tracker = VisitTracker(s.visits, bundle.labels, bundle.negative_labels)
+        self.pipeline = Pipeline(MotionDetector(s.motion), VisitStateMachine(s.motion), tracker,
+                                 self.classifier, self.events, s.classifier)
+
+    def _init_source(self) -> None:
+        demo = demo_clip_path() if self.settings.camera.source == "demo" else None
+        self._source = open_source(self.settings.camera, self.settings.motion.height, demo)
+
+    def _init_jobs(self) -> None:
+        self._jobs = Jobs(self.settings.jobs, self)
+
+    def _start(self) -> None:
+        assert self._spool is not None and self._jobs is not None
+        self._spool.start()
+        self.events.start()
+        if self._mqtt is not None:
+            self._mqtt.start()
+            self._mqtt.publish_model(self.classifier.bundle.describe())
+        self._jobs.start()
+
+    # --- running ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Build, start, loop until the source ends or a signal arrives, then stop cleanly."""
+        self._init_classifier()
+        self._init_storage()
+        self._init_mqtt()
+        self._init_events()
+        self._init_pipeline()
+        try:
+            self._init_source()
+            self._init_jobs()
+            self._install_signals()
+            self._start()
+            self._notifier.ready(f"classifying with {self.classifier.bundle.version}")
+            self._loop()
+        finally:
+            self.stop()
+        return 0
+
+    def _loop(self) -> None:
+        source = self._source
+        assert source is not None
+        while not self._stop.is_set():
+            frame = source.read()
+            self._notifier.watchdog()
+            if frame is None:
+                if source.finished:
+                    break
+                self._stop.wait(0.02)
+                continue
+            self.pipeline.process(frame)
+            if _STALL_AFTER and self.pipeline.counters.frames >= _STALL_AFTER:
+                threading.Event().wait()
+            if self._reload.is_set():
+                self._do_reload()
+        self.pipeline.close_visit(time.time())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Mirror of start: finish the visit, flush events, spool and outbox, say offline."""
+        self._notifier.stopping()
+        if self._jobs is not None:
+            self._jobs.stop()
+        if self._source is not None:
+            self._source.close()
+        if hasattr(self, "events"):
+            self.events.stop()
+        if self._spool is not None:
+            self._spool.close()
+        if self._mqtt is not None:
+            self._mqtt.stop()
+        logger.info("stopped after %d frames, %d visits, %d alerts",
+                    *self._counts("frames", "visits", "alerts"))
+
+    def _counts(self, *names: str) -> list[int]:
+        counters = getattr(getattr(self, "pipeline", None), "counters", None)
+        return [getattr(counters, n, 0) for n in names]
+
+    # --- signals and reloads ------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload.set()
+        else:
+            logger.info("signal %s: finishing the current visit and stopping",
+                        signal.Signals(signum).name)
+            self._stop.set()
+
+    def _do_reload(self) -> None:
+        """SIGHUP: re-read the config (same file) and the model; the MQTT session stays."""
+        self._reload.clear()
+        self._notifier.reloading()
+        try:
+            fresh = load_settings(self._config_path)
+            self.settings.logging = fresh.logging
+            self.settings.visits = fresh.visits
+            self.settings.mining = fresh.mining
+            self.check_model(force=True)
+        except Exception:
+            logger.exception("reload failed; keeping the running configuration and model")
+        self._notifier.ready("reloaded")
+
+    def check_model(self, force: bool = False) -> bool:
+        """Load the installed model if ``current`` changed; the running model keeps serving
+        until the new one has loaded and passed validation."""
+        target = model_store_for(self.settings).current_target()
+        if not force and target == self._model_target:
+            return False
+        self._model_target = target
+        path = resolve_model_path(self.settings)
+        try:
+            new = Classifier(path, self.settings.classifier.threads)
+        except Exception:
+            logger.exception("new model %s refused; the current model keeps serving", path)
+            return False
+        self.classifier = new
+        self.pipeline.swap_classifier(new)
+        self.collector.set_bundle(new.bundle)
+        if self._mqtt is not None:
+            self._mqtt.publish_model(new.bundle.describe())
+        return True
+
+    # --- figures for stats --------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        counters = vars(self.pipeline.counters).copy()
+        uptime = time.monotonic() - self.started
+        counters.update(uptime_s=round(uptime, 1), fps=round(counters["frames"] / uptime, 2),
+                        events_dropped=self.events.dropped,
+                        model_version=self.classifier.bundle.version)
+        counters.update(self.collector.stats())
+        return counters
+
+    @property
+    def mqtt(self) -> Any:
+        return self._mqtt
+
+    @property
+    def spool(self) -> Spool | None:
+        return self._spool
+
+    @property
+    def recent(self) -> RecentVisits:
+        return self._recent

@@ -1,0 +1,132 @@
+"""Hand-off from the frame loop to everything slow (JPEG encoding, MQTT, mining, spool).
+
+The frame loop must never wait on I/O, so it only puts events on a bounded queue; one worker
+thread delivers them to the handlers in order. Per-frame events are dropped (and counted)
+when the queue is full; alerts and visit summaries wait briefly for room, because losing them
+would be visible to the owner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from typing import IO, Any, Protocol
+
+from feederd.types import Alert, ClassifiedFrame, VisitSummary
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineEvents(Protocol):
+    """What the frame loop reports; every consumer implements the subset it needs."""
+
+    def on_classified(self, frame: ClassifiedFrame) -> None: ...
+
+    def on_alert(self, alert: Alert) -> None: ...
+
+    def on_visit_closed(self, summary: VisitSummary,
+                        frames: Sequence[ClassifiedFrame]) -> None: ...
+
+
+class EventQueue:
+    """A bounded queue and one worker thread in front of a list of handlers."""
+
+    _STOP = object()
+
+    def __init__(self, handlers: Sequence[PipelineEvents], maxsize: int = 256,
+                 important_wait_s: float = 2.0) -> None:
+        self._handlers = list(handlers)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
+        self._wait = important_wait_s
+        self._thread = threading.Thread(target=self._work, name="feederd-events", daemon=True)
+        self.dropped = 0
+        self.handler_errors = 0
+
+    def add_handler(self, handler: PipelineEvents) -> None:
+        self._handlers.append(handler)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued, then end the worker."""
+        if not self._thread.is_alive():
+            return
+        self._queue.put(self._STOP, timeout=timeout)
+        self._thread.join(timeout)
+
+    def on_classified(self, frame: ClassifiedFrame) -> None:
+        try:
+            self._queue.put_nowait(("on_classified", (frame,)))
+        except queue.Full:
+            self.dropped += 1
+
+    def on_alert(self, alert: Alert) -> None:
+        self._put_important("on_alert", (alert,))
+
+    def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
+        self._put_important("on_visit_closed", (summary, frames))
+
+    def _put_important(self, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            self._queue.put((method, args), timeout=self._wait)
+        except queue.Full:
+            self.dropped += 1
+            logger.error("event queue full: %s dropped; a consumer is stuck", method)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not self._STOP:
+            method, args = item
+            for handler in self._handlers:
+                self._deliver(handler, method, args)
+
+    def _deliver(self, handler: PipelineEvents, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            getattr(handler, method)(*args)
+        except Exception:
+            self.handler_errors += 1
+            logger.exception("%s.%s failed; continuing", type(handler).__name__, method)
+
+
+class JsonLinesSink:
+    """Writes alerts (and optionally visit summaries) as JSON lines: the demo's output."""
+
+    def __init__(self, stream: IO[str], visits: bool = False) -> None:
+        self._stream = stream
+        self._visits = visits
+
+    def on_classified(self, frame: ClassifiedFrame) -> None:
+        return None
+
+    def on_alert(self, alert: Alert) -> None:
+        self._write({"type": "alert", **alert_fields(alert)})
+
+    def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
+        if self._visits:
+            self._write({"type": "visit", **visit_fields(summary)})
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self._stream.write(json.dumps(record, sort_keys=True) + "\n")
+        self._stream.flush()
+
+
+def alert_fields(alert: Alert) -> dict[str, Any]:
+    """The alert as the JSON the MQTT contract names (``reply_to`` is added by MQTT)."""
+    return {
+        "event_id": alert.event_id, "time": round(alert.time, 3), "label": alert.label,
+        "confidence": alert.confidence, "margin": alert.margin, "frames": alert.frames,
+        "model_version": alert.model_version,
+    }
+
+
+def visit_fields(summary: VisitSummary) -> dict[str, Any]:
+    return {
+        "event_id": summary.event_id, "start": round(summary.start, 3),
+        "end": round(summary.end, 3), "frames_seen": summary.frames_seen,
+        "frames_classified": summary.frames_classified, "votes": summary.votes,
+        "label": summary.label, "alerted": summary.alerted,
+        "model_version": summary.model_version,
+    }

@@ -1,0 +1,107 @@
+"""The frame loop's body: one call per stage, nothing slow.
+
+camera frame -> motion gate -> visit state -> (rate-limited) classifier -> visit vote -> events.
+Everything that touches disk or network happens behind :class:`feederd.events.EventQueue`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from feederd.classifier import Classifier
+from feederd.config import ClassifierConfig
+from feederd.events import PipelineEvents
+from feederd.motion import MotionDetector, VisitStateMachine
+from feederd.types import Frame
+from feederd.visits import VisitTracker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineCounters:
+    """Published in ``stats``; plain ints so reading them from another thread is safe."""
+
+    frames: int = 0
+    motion_frames: int = 0
+    classified: int = 0
+    visits: int = 0
+    alerts: int = 0
+    model_swaps: int = 0
+
+
+class Pipeline:
+    """Runs one frame through the stages and reports what happened to ``events``."""
+
+    def __init__(self, detector: MotionDetector, gate: VisitStateMachine, tracker: VisitTracker,
+                 classifier: Classifier, events: PipelineEvents, cfg: ClassifierConfig) -> None:
+        self._detector = detector
+        self._gate = gate
+        self._tracker = tracker
+        self._classifier = classifier
+        self._pending: Classifier | None = None
+        self._events = events
+        self._cfg = cfg
+        self.counters = PipelineCounters()
+
+    @property
+    def classifier(self) -> Classifier:
+        return self._classifier
+
+    def swap_classifier(self, classifier: Classifier) -> None:
+        """Adopt a new model at the next frame outside a visit (a visit keeps one model)."""
+        self._pending = classifier
+
+    def process(self, frame: Frame) -> None:
+        self.counters.frames += 1
+        if self._pending is not None and not self._tracker.active:
+            self._adopt_pending()
+        motion = self._detector.detect(frame)
+        self.counters.motion_frames += motion.moving
+        transition = self._gate.update(frame.mono, motion.moving)
+        if transition == "open":
+            self._open(frame)
+        if self._tracker.active:
+            self._tracker.see(motion.box)
+            if self._tracker.due(frame.mono):
+                self._classify(frame)
+        if transition == "close":
+            self.close_visit(frame.wall)
+
+    def _open(self, frame: Frame) -> None:
+        if self._tracker.active:
+            self.close_visit(frame.wall)
+        first = self._gate.first_motion_mono
+        self._tracker.open(frame, frame.mono if first is None else first)
+        self.counters.visits += 1
+
+    def _classify(self, frame: Frame) -> None:
+        box = self._tracker.last_box if self._cfg.crop == "motion" else None
+        prediction, crop = self._classifier.classify(
+            frame.image, box, self._cfg.crop_expand, self._cfg.top_k)
+        self.counters.classified += 1
+        version = self._classifier.bundle.version
+        classified, alert = self._tracker.add(frame, prediction, box, crop, version)
+        self._events.on_classified(classified)
+        if alert is not None:
+            self.counters.alerts += 1
+            logger.info("alert %s: %s (%.2f, %d frames)", alert.event_id, alert.label,
+                        alert.confidence, alert.frames)
+            self._events.on_alert(alert)
+
+    def close_visit(self, wall: float) -> None:
+        """Close the open visit (also at the end of a replay or on shutdown)."""
+        closed = self._tracker.close(wall)
+        if closed is not None:
+            summary, frames = closed
+            logger.debug("visit %s closed: %s", summary.event_id, summary.votes)
+            self._events.on_visit_closed(summary, frames)
+
+    def _adopt_pending(self) -> None:
+        new, self._pending = self._pending, None
+        assert new is not None
+        self._classifier = new
+        self._tracker.set_labels(new.bundle.labels, new.bundle.negative_labels)
+        self.counters.model_swaps += 1
+        logger.info("now classifying with model %s", new.bundle.version)
