@@ -23,7 +23,7 @@ from feederd.capture.base import FrameSource
 from feederd.classifier import Classifier
 from feederd.collector import Collector
 from feederd.config import Settings, load_settings
-from feederd.events import EventQueue, JsonLinesSink
+from feederd.events import EventQueue, JsonLinesSink, LinkEvents
 from feederd.jobs import Jobs
 from feederd.modelstore import ModelStore
 from feederd.motion import MotionDetector, VisitStateMachine
@@ -104,9 +104,8 @@ class Daemon:
         if self._alert_stream is not None:
             handlers.append(JsonLinesSink(self._alert_stream, self._visits_to_stream))
         if self._mqtt is not None:
-            from feederd.mqtt import MqttEvents
-
-            handlers.append(MqttEvents(self._mqtt, self.settings.mqtt))
+            m = self.settings.mqtt
+            handlers.append(LinkEvents(self._mqtt, m.snapshot_width, m.snapshot_quality))
         self.events = EventQueue(handlers)
 
     def _init_pipeline(self) -> None:

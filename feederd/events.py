@@ -130,3 +130,44 @@ def visit_fields(summary: VisitSummary) -> dict[str, Any]:
         "label": summary.label, "alerted": summary.alerted,
         "model_version": summary.model_version,
     }
+
+
+class AlertLink(Protocol):
+    """The part of the MQTT link the events need (kept abstract: events know no paho)."""
+
+    def publish_alert(self, alert: Alert, snapshot_jpeg: bytes | None) -> None: ...
+
+    def publish_visit(self, summary: VisitSummary) -> None: ...
+
+
+class LinkEvents:
+    """Forwards alerts (with a JPEG snapshot, encoded here, off the frame loop) and visits."""
+
+    def __init__(self, link: AlertLink, snapshot_width: int, snapshot_quality: int) -> None:
+        self._link = link
+        self._width = snapshot_width
+        self._quality = snapshot_quality
+
+    def on_classified(self, frame: ClassifiedFrame) -> None:
+        return None
+
+    def on_alert(self, alert: Alert) -> None:
+        jpeg = None
+        if alert.snapshot is not None:
+            jpeg = encode_snapshot(alert.snapshot, self._width, self._quality)
+        self._link.publish_alert(alert, jpeg)
+
+    def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
+        self._link.publish_visit(summary)
+
+
+def encode_snapshot(image: Any, width: int, quality: int) -> bytes | None:
+    """A JPEG no wider than ``width`` (Home Assistant shows it; the SD card never sees it)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    if w > width:
+        image = cv2.resize(image, (width, max(1, round(h * width / w))),
+                           interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes() if ok else None

@@ -1,0 +1,153 @@
+"""Collects the model's mistakes: recent frames, mining at visit close, and owner replies.
+
+This is the one place where the pure mining decisions meet storage: the frame loop's events
+arrive here (on the events thread) and replies arrive from MQTT (on its thread), so every
+shared structure is behind a lock or thread-safe on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from feederd.bundle import Bundle
+from feederd.config import MiningConfig
+from feederd.errors import FeedbackError
+from feederd.feedback import LATEST, Feedback, canonical_label
+from feederd.mining import Candidate, feedback_frames, mine_feedback, mine_visit
+from feederd.recent import RecentVisits
+from feederd.spool import Spool
+from feederd.types import Alert, ClassifiedFrame, VisitSummary
+
+logger = logging.getLogger(__name__)
+
+_MAX_REMEMBERED = 2000
+
+_SPOOL_RELABEL = {"not_a_bird": "rejected", "species": "corrected", "correct": "confirmed"}
+
+
+class Collector:
+    """Events handler (recent frames, mining) and MQTT feedback handler in one."""
+
+    def __init__(self, cfg: MiningConfig, recent: RecentVisits, spool: Spool | None,
+                 bundle: Bundle) -> None:
+        self._cfg = cfg
+        self._recent = recent
+        self._spool = spool
+        self._lock = threading.Lock()
+        self._alerts: OrderedDict[str, Alert] = OrderedDict()
+        self._visits: OrderedDict[str, float] = OrderedDict()
+        self.counters: Counter[str] = Counter()
+        self.set_bundle(bundle)
+
+    def set_bundle(self, bundle: Bundle) -> None:
+        self._bundle = bundle
+        if self._spool is not None:
+            self._spool.labels = bundle.labels
+
+    @property
+    def negative_label(self) -> str:
+        """The class a rejected frame is taught as: ``other`` when the model has it."""
+        negatives = sorted(self._bundle.negative_labels)
+        return "other" if "other" in negatives or not negatives else negatives[0]
+
+    # --- events from the frame loop -----------------------------------------------------------
+
+    def on_classified(self, frame: ClassifiedFrame) -> None:
+        self._recent.add(frame)
+
+    def on_alert(self, alert: Alert) -> None:
+        with self._lock:
+            self._alerts[alert.event_id] = alert
+            _trim(self._alerts)
+
+    def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
+        with self._lock:
+            self._visits[summary.event_id] = time.time()
+            _trim(self._visits)
+        candidates = mine_visit(frames, self._cfg, frozenset(self._bundle.negative_labels))
+        keep = {c.frame.seq for c in candidates} | set(feedback_frames(frames, self._cfg))
+        self._recent.close(summary.event_id, keep=keep)
+        self._store(summary.event_id, candidates, summary.model_version)
+
+    def _store(self, visit_id: str, candidates: Sequence[Candidate], version: str) -> int:
+        if self._spool is None:
+            return 0
+        stored = 0
+        for candidate in candidates:
+            jpeg = self._recent.jpeg(visit_id, candidate.frame.seq)
+            if jpeg is None:
+                continue
+            self._spool.put(candidate, jpeg, version or self._bundle.version)
+            stored += 1
+        self.counters["mined"] += stored
+        return stored
+
+    # --- replies from the owner ---------------------------------------------------------------
+
+    def handle(self, feedback: Feedback) -> None:
+        """Turn a reply into labelled samples; FeedbackError for unknown events or labels."""
+        event_id = self._resolve(feedback.event_id)
+        label = feedback.label
+        if feedback.verdict == "species":
+            label = canonical_label(label or "", self._bundle.labels)
+        alert = self._alerts.get(event_id)
+        if feedback.verdict == "correct" and label is None and alert is not None:
+            label = alert.label
+        frames = self._recent.frames(event_id) or []
+        target = self.negative_label if feedback.verdict == "not_a_bird" else label
+        relabelled = self._relabel_spooled(event_id, feedback.verdict, target)
+        candidates = mine_feedback(frames, feedback.verdict, label, self.negative_label,
+                                   self._cfg)
+        stored = self._store(event_id, candidates, alert.model_version if alert else "")
+        self.counters[f"feedback_{feedback.verdict}"] += 1
+        if feedback.verdict == "not_a_bird" and alert is not None:
+            self.counters["false_alerts_rejected"] += 1
+        logger.info("reply %s on %s: %d new samples, %d relabelled", feedback.verdict,
+                    event_id, stored, relabelled)
+
+    def _resolve(self, event_id: str) -> str:
+        with self._lock:
+            if event_id == LATEST:
+                if not self._alerts:
+                    raise FeedbackError("no alert yet to reply to")
+                return next(reversed(self._alerts))
+            if event_id in self._alerts or event_id in self._visits:
+                return event_id
+        if self._recent.frames(event_id) is not None:
+            return event_id
+        raise FeedbackError(f"unknown or expired event {event_id}")
+
+    def _relabel_spooled(self, event_id: str, verdict: str, label: str | None) -> int:
+        if self._spool is None or label is None:
+            return 0
+        predicted: set[str] | None = None
+        if verdict == "species":
+            predicted = set(self._bundle.labels) - set(self._bundle.negative_labels)
+        elif verdict == "correct":
+            predicted = {label}
+        return self._spool.label_visit(event_id, label, "user", _SPOOL_RELABEL[verdict],
+                                       predicted=predicted)
+
+    # --- figures ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.counters)
+        out.setdefault("false_alerts_rejected", 0)
+        out["recent"] = self._recent.stats()
+        if self._spool is not None:
+            spool = self._spool.stats()
+            out["spool_samples"] = spool["samples"]
+            out["spool_bytes"] = spool["bytes"]
+            out["spool_paused"] = spool["paused"]
+            out["spool_labelled_user"] = spool["labelled_user"]
+        return out
+
+
+def _trim(mapping: OrderedDict[str, Any]) -> None:
+    while len(mapping) > _MAX_REMEMBERED:
+        mapping.popitem(last=False)
