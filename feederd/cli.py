@@ -43,8 +43,12 @@ def _table(data: Any) -> str:
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    from feederd.logsetup import register_secret
+
     path = Path(args.config) if getattr(args, "config", None) else None
-    return load_settings(path, **overrides)
+    settings = load_settings(path, **overrides)
+    register_secret(settings.mqtt_password())
+    return settings
 
 
 # --- run / demo -------------------------------------------------------------------------------
@@ -55,7 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(settings.logging)
-    return Daemon(settings).run()
+    config = Path(args.config) if args.config else None
+    return Daemon(settings, config_path=config).run()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

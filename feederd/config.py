@@ -77,6 +77,9 @@ class MotionConfig(Section):
                             "change to count as motion.")
     background_alpha: float = Field(0.05, gt=0, le=1, description="How fast the background "
                                     "adapts (0-1).")
+    max_area: float = Field(0.8, gt=0, le=1, description="A change over more of the frame "
+                            "than this is a lighting change (sun, cloud, exposure), not an "
+                            "animal: the background is re-learned from that frame.")
     ignore_masks: list[list[tuple[float, float]]] = Field(
         default_factory=list,
         description="Polygons in relative coordinates (0-1) where motion is ignored, e.g. a "
@@ -88,6 +91,12 @@ class MotionConfig(Section):
                                  "close a visit.")
     max_visit_s: float = Field(300.0, gt=0, le=86400, description="A visit longer than this "
                                "is closed and a new one starts.")
+
+    @model_validator(mode="after")
+    def _area_order(self) -> MotionConfig:
+        if self.max_area <= self.min_area:
+            raise ValueError("max_area must be above min_area")
+        return self
 
 
 class ClassifierConfig(Section):
@@ -171,7 +180,7 @@ class MqttConfig(Section):
 
     @model_validator(mode="after")
     def _credentials(self) -> MqttConfig:
-        if self.cert_file and not self.key_file or self.key_file and not self.cert_file:
+        if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("cert_file and key_file must be given together")
         if self.password.get_secret_value() and not self.username:
             raise ValueError("a password must be given with a username")
