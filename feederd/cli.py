@@ -65,10 +65,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Replay the bundled clip through the bundled model; alerts as JSON lines on stdout."""
+    if args.state_dir:
+        return _demo(args, Path(args.state_dir))
+    with tempfile.TemporaryDirectory(prefix="feederd-demo-") as state:
+        return _demo(args, Path(state))
+
+
+def _demo(args: argparse.Namespace, state: Path) -> int:
     from feederd.daemon import Daemon
     from feederd.logsetup import setup_logging
 
-    state = Path(args.state_dir) if args.state_dir else Path(tempfile.mkdtemp(prefix="feederd-"))
     overrides: dict[str, Any] = {
         "state_dir": str(state),
         "camera": {"kind": "auto", "source": "demo", "realtime": args.realtime,
@@ -262,8 +268,10 @@ def _add_model(sub: Any, common: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from feederd.config import LoggingConfig
+    from feederd.logsetup import setup_logging
+
+    setup_logging(LoggingConfig(level="WARNING"))
     try:
         return int(args.func(args))
     except ConfigError as exc:

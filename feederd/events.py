@@ -15,6 +15,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
+from feederd.messages import alert_payload, visit_payload
 from feederd.types import Alert, ClassifiedFrame, VisitSummary
 
 logger = logging.getLogger(__name__)
@@ -102,34 +103,15 @@ class JsonLinesSink:
         return None
 
     def on_alert(self, alert: Alert) -> None:
-        self._write({"type": "alert", **alert_fields(alert)})
+        self._write({"type": "alert", **alert_payload(alert)})
 
     def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
         if self._visits:
-            self._write({"type": "visit", **visit_fields(summary)})
+            self._write({"type": "visit", **visit_payload(summary)})
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._stream.write(json.dumps(record, sort_keys=True) + "\n")
+        self._stream.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         self._stream.flush()
-
-
-def alert_fields(alert: Alert) -> dict[str, Any]:
-    """The alert as the JSON the MQTT contract names (``reply_to`` is added by MQTT)."""
-    return {
-        "event_id": alert.event_id, "time": round(alert.time, 3), "label": alert.label,
-        "confidence": alert.confidence, "margin": alert.margin, "frames": alert.frames,
-        "model_version": alert.model_version,
-    }
-
-
-def visit_fields(summary: VisitSummary) -> dict[str, Any]:
-    return {
-        "event_id": summary.event_id, "start": round(summary.start, 3),
-        "end": round(summary.end, 3), "frames_seen": summary.frames_seen,
-        "frames_classified": summary.frames_classified, "votes": summary.votes,
-        "label": summary.label, "alerted": summary.alerted,
-        "model_version": summary.model_version,
-    }
 
 
 class AlertLink(Protocol):

@@ -16,6 +16,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from feederd.config import JobsConfig
 
 logger = logging.getLogger(__name__)
+# apscheduler logs every start, stop and run at INFO; a feeder's journal needs none of that.
+logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 class JobTarget(Protocol):

@@ -67,11 +67,11 @@ class Pipeline:
             if self._tracker.due(frame.mono):
                 self._classify(frame)
         if transition == "close":
-            self.close_visit(frame.wall)
+            self._close(frame.wall)
 
     def _open(self, frame: Frame) -> None:
         if self._tracker.active:
-            self.close_visit(frame.wall)
+            self._close(frame.wall)
         first = self._gate.first_motion_mono
         self._tracker.open(frame, frame.mono if first is None else first)
         self.counters.visits += 1
@@ -91,7 +91,11 @@ class Pipeline:
             self._events.on_alert(alert)
 
     def close_visit(self, wall: float) -> None:
-        """Close the open visit (also at the end of a replay or on shutdown)."""
+        """Close the open visit at the end of a replay or on shutdown."""
+        self._gate.end()
+        self._close(wall)
+
+    def _close(self, wall: float) -> None:
         closed = self._tracker.close(wall)
         if closed is not None:
             summary, frames = closed

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Real Mosquitto brokers for the MQTT tests (fixtures: broker, make_broker, pki, mosquitto_bin).
+pytest_plugins = ["brokers"]
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("FEEDERD_SHARED_DATA", REPO.parent / "shared" / "data"))
 REQUIRE_SHARED = os.environ.get("FEEDERD_REQUIRE_SHARED_DATA") == "1"
