@@ -142,7 +142,7 @@ def _open_spool(args: argparse.Namespace) -> Any:
     from feederd.spool import Spool
 
     settings = _settings(args)
-    return Spool(settings.spool_dir, settings.spool)
+    return Spool(settings.spool_dir, settings.spool, writer=False)
 
 
 def cmd_spool(args: argparse.Namespace) -> int:
