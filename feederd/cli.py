@@ -149,11 +149,11 @@ def cmd_spool(args: argparse.Namespace) -> int:
     spool = _open_spool(args)
     try:
         if args.spool_cmd == "ls":
-            _emit([s.summary() for s in spool.ls(args.since, args.limit)], args.json)
+            _emit([s.manifest() for s in spool.ls(args.since, args.limit)], args.json)
         elif args.spool_cmd == "stats":
             _emit(spool.stats(), args.json)
         elif args.spool_cmd == "show":
-            _emit(spool.get(args.id).summary(), args.json)
+            _emit(spool.get(args.id).manifest(), args.json)
         elif args.spool_cmd == "export":
             last = spool.export(args.since, sys.stdout.buffer)
             sys.stdout.buffer.flush()
@@ -286,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except Exception:
+        logger.exception("feederd %s failed unexpectedly; please report this", args.command)
+        return EXIT_FAIL
 
 
 if __name__ == "__main__":
