@@ -1,0 +1,52 @@
+"""Where the bundled demo model and clip are, in a source checkout and in an installed wheel.
+
+The files live in the repository's top-level ``models/`` folder (built by
+``tools/make_demo_assets.py``). A source checkout or editable install (``pip install -e .``)
+finds them next to the package; a wheel carries them as the package data
+``feederd/assets_data/`` when the build maps that folder there (see ``models/README.md``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from feederd.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEMO_MODEL = "demo.onnx"
+DEMO_CLIP = "demo-clip.mp4"
+_PACKAGE_DATA = "feederd.assets_data"
+
+
+def asset_dirs() -> list[Path]:
+    """Candidate folders, most specific first: installed package data, then the checkout."""
+    folders: list[Path] = []
+    spec = importlib.util.find_spec(_PACKAGE_DATA)
+    if spec is not None and spec.submodule_search_locations:
+        folders.extend(Path(p) for p in spec.submodule_search_locations)
+    folders.append(Path(__file__).resolve().parent.parent / "models")
+    return folders
+
+
+def asset_path(name: str) -> Path:
+    """The bundled file ``name``; raises ModelError saying how to get it when it is absent."""
+    for folder in asset_dirs():
+        candidate = folder / name
+        if candidate.is_file():
+            return candidate
+    searched = ", ".join(str(folder) for folder in asset_dirs())
+    raise ModelError(f"bundled demo file {name} not found (searched {searched}); reinstall "
+                     "feederd or run tools/make_demo_assets.py in a source checkout")
+
+
+def demo_model_path() -> Path:
+    """The demo model bundle (cartoon birds only; see models/README.md)."""
+    return asset_path(DEMO_MODEL)
+
+
+def demo_clip_path() -> Path:
+    """The synthetic feeder clip the demo model was made for."""
+    return asset_path(DEMO_CLIP)
