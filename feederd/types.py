@@ -102,8 +102,8 @@ class Alert:
     frames: int
     model_version: str
     snapshot: np.ndarray | None = field(default=None, compare=False, repr=False)
-    decided_mono: float = 0.0
-    first_motion_mono: float = 0.0
+    decided_mono: float = 0.0  # time.monotonic() when the frame loop decided (for latency)
+    since_motion_s: float = 0.0  # frame-clock seconds from the visit's first motion frame
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,7 +133,8 @@ class VisitTracker:
             event_id=visit.visit_id, time=frame.wall, label=label,
             confidence=round(confidence, 4), margin=round(float(np.mean(margins)), 4),
             frames=votes, model_version=model_version, snapshot=visit.best_image,
-            decided_mono=time.monotonic(), first_motion_mono=visit.first_motion_mono,
+            decided_mono=time.monotonic(),
+            since_motion_s=round(frame.mono - visit.first_motion_mono, 3),
         )
 
     def close(self, end_wall: float) -> tuple[VisitSummary, list[ClassifiedFrame]] | None:

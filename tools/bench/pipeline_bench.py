@@ -24,15 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from classifier_bench import DEFAULT_SHARED, measure_overhead, squeezenet_bundle  # noqa: E402
-from motion_bench import load_frames, measure_motion, shared_clips  # noqa: E402
+from classifier_bench import DEFAULT_SHARED, measure_overhead, squeezenet_bundle
+from motion_bench import load_frames, measure_motion, shared_clips
 
-from feederd.classifier import Classifier  # noqa: E402
-from feederd.config import Settings  # noqa: E402
-from feederd.motion import MotionDetector, VisitStateMachine  # noqa: E402
-from feederd.pipeline import Pipeline  # noqa: E402
-from feederd.types import Alert, Box, ClassifiedFrame, Frame, VisitSummary  # noqa: E402
-from feederd.visits import VisitTracker  # noqa: E402
+from feederd.classifier import Classifier
+from feederd.config import Settings
+from feederd.motion import MotionDetector, VisitStateMachine
+from feederd.pipeline import Pipeline
+from feederd.types import Alert, Box, ClassifiedFrame, Frame, VisitSummary
+from feederd.visits import VisitTracker
 
 
 class CountingEvents:
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               " target <= 1.10)")
         pipe_s = naive_s = 0.0
         total = classified = visits = alerts = 0
-        for clip, clip_f in frames.items():
+        for clip_f in frames.values():
             seconds, events = run_pipeline(classifier, clip_f, settings)
             pipe_s += seconds
             naive_s += run_naive(classifier, clip_f)
