@@ -13,11 +13,16 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feederd import __version__
 from feederd.config import Settings, load_settings
 from feederd.errors import ConfigError, FeederError, MqttError, TransportError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from feederd.feedback import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -100,19 +105,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 # --- classify / reply -------------------------------------------------------------------------
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    import cv2
-
     from feederd.classifier import Classifier
     from feederd.daemon import resolve_model_path
 
     settings = _settings(args)
+    for name in args.images:  # a typo in the last name should not wait for the model
+        if not Path(name).is_file():
+            raise FeederError(f"{name}: no such image file")
     classifier = Classifier(resolve_model_path(settings), settings.classifier.threads)
     results = []
     for name in args.images:
-        image = cv2.imread(name, cv2.IMREAD_COLOR)
-        if image is None:
-            raise FeederError(f"{name}: not a readable image (JPEG, PNG, BMP, ...)")
-        prediction, _ = classifier.classify(image, None, 1.0, args.top_k)
+        prediction, _ = classifier.classify(_read_image(name), None, 1.0, args.top_k)
         results.append({"image": name, "label": prediction.label,
                         "confidence": round(prediction.confidence, 4),
                         "margin": round(prediction.margin, 4),
@@ -125,11 +128,27 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_image(name: str) -> np.ndarray:
+    """Decode an image file, or raise naming it (OpenCV's own imread only warns)."""
+    import cv2
+    import numpy as np
+
+    try:
+        data = np.fromfile(name, np.uint8)
+    except OSError as exc:
+        raise FeederError(f"{name}: cannot read: {exc.strerror}") from exc
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise FeederError(f"{name}: not an image OpenCV can decode (JPEG, PNG, BMP, WebP, ...)")
+    return image
+
+
 def cmd_reply(args: argparse.Namespace) -> int:
     from feederd.mqtt import send_reply
 
     settings = _settings(args)
-    verdict = "not_a_bird" if args.not_a_bird else "correct" if args.correct else "species"
+    verdict: Verdict = "not_a_bird" if args.not_a_bird else "correct" if args.correct \
+        else "species"
     send_reply(settings.mqtt, settings.mqtt_password(), args.event_id, verdict, args.species)
     _emit({"event_id": args.event_id, "verdict": verdict, "label": args.species, "sent": True},
           args.json)
@@ -138,15 +157,15 @@ def cmd_reply(args: argparse.Namespace) -> int:
 
 # --- spool ------------------------------------------------------------------------------------
 
-def _open_spool(args: argparse.Namespace) -> Any:
-    from feederd.spool import Spool
+def cmd_spool(args: argparse.Namespace) -> int:
+    from feederd.spool import DB_NAME, Spool
 
     settings = _settings(args)
-    return Spool(settings.spool_dir, settings.spool, writer=False)
-
-
-def cmd_spool(args: argparse.Namespace) -> int:
-    spool = _open_spool(args)
+    if args.spool_cmd in ("ls", "stats") and not (settings.spool_dir / DB_NAME).exists():
+        # Nothing stored yet is a state, not an error: a fresh install lists no samples.
+        _emit([] if args.spool_cmd == "ls" else _no_spool_stats(settings), args.json)
+        return EXIT_OK
+    spool = Spool(settings.spool_dir, settings.spool, writer=False)
     try:
         if args.spool_cmd == "ls":
             _emit([s.manifest() for s in spool.ls(args.since, args.limit)], args.json)
@@ -165,13 +184,22 @@ def cmd_spool(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _no_spool_stats(settings: Settings) -> dict[str, Any]:
+    """``spool stats`` before the first sample: zeros, and where the spool will be."""
+    return {"spool_id": None, "samples": 0, "bytes": 0, "unsynced": 0, "labelled_user": 0,
+            "labelled_pseudo": 0, "last_seq": 0, "max_bytes": settings.spool.max_bytes,
+            "max_count": settings.spool.max_count,
+            "note": f"no spool in {settings.spool_dir} yet; feederd creates it when it "
+                    "stores its first sample"}
+
+
 # --- model ------------------------------------------------------------------------------------
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from feederd.daemon import model_store_for
+    from feederd.modelstore import store_for
 
     settings = _settings(args)
-    store = model_store_for(settings)
+    store = store_for(settings)  # compares a candidate on the spool's owner-labelled samples
     if args.model_cmd == "ls":
         _emit(store.ls(), args.json)
     elif args.model_cmd == "install":
@@ -196,12 +224,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    config_help = ("config file (default /etc/feederd/feederd.toml if it exists, else "
+                   "built-in defaults)")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", help="config file (default /etc/feederd/feederd.toml "
-                        "if it exists, else built-in defaults)")
+    # SUPPRESS: a --config given before the command is not reset by the subcommand's default.
+    common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     parser = argparse.ArgumentParser(prog="feederd", description="Bird-feeder camera daemon.")
     parser.add_argument("--version", action="version", version=f"feederd {__version__}")
+    parser.add_argument("--config", "-c", help=config_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str

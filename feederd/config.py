@@ -111,7 +111,7 @@ class ClassifierConfig(Section):
 
 
 class VisitsConfig(Section):
-    classify_fps: float = Field(4.0, gt=0, le=60, description="Most frames classified per "
+    classify_fps: float = Field(3.0, gt=0, le=60, description="Most frames classified per "
                                 "second during a visit.")
     min_frames: int = Field(2, ge=1, le=1000, description="Frames that must vote for a "
                             "species before it alerts.")

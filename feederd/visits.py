@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -30,7 +30,8 @@ class _Visit:
     first_motion_mono: float
     frames: list[ClassifiedFrame] = field(default_factory=list)
     votes: Counter[str] = field(default_factory=Counter)
-    confidence_sum: Counter[str] = field(default_factory=Counter)
+    confidence_sum: defaultdict[str, float] = field(
+        default_factory=lambda: defaultdict(float))
     frames_seen: int = 0
     last_classified_mono: float = float("-inf")
     last_box: Box | None = None
