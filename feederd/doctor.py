@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ def check_camera(settings: Settings) -> Check:
     cam = settings.camera
     if (missing := _missing_video_device(cam.source)) is not None:
         return Check("camera", False, f"camera.source = {cam.source!r}: there is no {missing}",
-                     _camera_fix(cam.source))
+                     _camera_fix(cam.kind, cam.source))
     try:
         demo = demo_clip_path() if cam.source == "demo" else None
         source = open_source(cam, settings.motion.height, demo)
@@ -61,9 +62,18 @@ def check_camera(settings: Settings) -> Check:
         return Check("camera", False, str(exc), "check [camera] source and kind; on a Pi run "
                      "`rpicam-hello --list-cameras`")
     try:
-        return _first_frame(source, cam.kind, cam.source)
+        return _first_frame(source, cam.kind, _redact(cam.source))
     finally:
         source.close()
+
+
+def _redact(source: str) -> str:
+    """A camera URL without its password (rtsp://user:secret@host -> rtsp://user:***@host)."""
+    parts = urllib.parse.urlsplit(source)
+    if not parts.password:
+        return source
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _missing_video_device(source: str) -> str | None:
@@ -92,15 +102,21 @@ def _first_frame(source: FrameSource, kind: str, name: str) -> Check:
                          "check that the video file is not empty")
         if getattr(source, "failures", 0) > 0:
             return Check("camera", False, f"{name}: cannot be opened or gives no frames",
-                         _camera_fix(name))
+                         _camera_fix(kind, name))
     return Check("camera", False, f"{name}: no frame within {CAMERA_WAIT_S:g} s",
-                 _camera_fix(name))
+                 _camera_fix(kind, name))
 
 
-def _camera_fix(source: str) -> str:
+_RUNNING_HINT = ("; a running feederd holds the camera itself: stop it first "
+                 "(`sudo systemctl stop feederd`)")
+
+
+def _camera_fix(kind: str, source: str) -> str:
+    if kind == "picamera2" or source == "picamera2":
+        return ("check the ribbon cable and `rpicam-hello --list-cameras`" + _RUNNING_HINT)
     if source.strip().isdigit():
         return ("is the USB camera plugged in (`ls /dev/video*`) and not used by another "
-                "process (`fuser /dev/video*`)? Set camera.source to its index")
+                "process (`fuser /dev/video*`)? Set camera.source to its index" + _RUNNING_HINT)
     return ("is the camera powered and on the network, and is the URL right? Try it with "
             "`ffplay URL`")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -152,7 +153,7 @@ class TestSystemdNotify:
         finally:
             daemon.stop()
         pings = notify_socket.times("WATCHDOG=1")
-        gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
         assert max(gaps[1:]) < 0.4, gaps  # never past the watchdog interval
         assert min(gaps) > 0.1, gaps       # rate-limited, not one per frame
 
