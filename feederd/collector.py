@@ -51,9 +51,13 @@ class Collector:
 
     @property
     def negative_label(self) -> str:
-        """The class a rejected frame is taught as: ``other`` when the model has it."""
-        negatives = sorted(self._bundle.negative_labels)
-        return "other" if "other" in negatives or not negatives else negatives[0]
+        """The class a rejected frame is taught as: ``other`` unless the model names its
+        catch-all negative class otherwise (feeder-sync adds ``other`` when a model lacks it)."""
+        negatives = self._bundle.negative_labels
+        for name in ("other", "background", "nothing", "none", "not_a_bird"):
+            if name in negatives:
+                return name
+        return "other"
 
     # --- events from the frame loop -----------------------------------------------------------
 
@@ -145,6 +149,8 @@ class Collector:
             out["spool_bytes"] = spool["bytes"]
             out["spool_paused"] = spool["paused"]
             out["spool_labelled_user"] = spool["labelled_user"]
+            out["spool_pauses"] = spool["pauses"]  # disk-full pauses since start
+            out["spool_dropped_paused"] = spool["dropped_paused"]
         return out
 
 

@@ -127,7 +127,7 @@ class MiningConfig(Section):
     enabled: bool = Field(True, description="Keep hard examples in the spool.")
     low_margin: float = Field(0.15, ge=0, le=1, description="Top-1 minus top-2 below this is "
                               "'unsure'.")
-    flicker_confidence: float = Field(0.6, ge=0, le=1, description="Confidence of an isolated "
+    flicker_confidence: float = Field(0.5, ge=0, le=1, description="Confidence of an isolated "
                                       "frame that counts as flicker.")
     flicker_window: int = Field(2, ge=1, le=10, description="Neighbours on each side that must "
                                 "disagree for a flicker.")

@@ -25,6 +25,7 @@ from feederd.collector import Collector
 from feederd.config import Settings, load_settings
 from feederd.events import EventQueue, JsonLinesSink, LinkEvents
 from feederd.jobs import Jobs
+from feederd.logsetup import setup_logging
 from feederd.modelstore import ModelStore
 from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.notify import SystemdNotifier
@@ -50,6 +51,11 @@ def resolve_model_path(settings: Settings) -> Path:
         return Path(settings.classifier.model).expanduser()
     current = model_store_for(settings).current_path()
     return current if current is not None else demo_model_path()
+
+
+def _copy_fields(source: Any, target: Any) -> None:
+    for name in type(source).model_fields:
+        setattr(target, name, getattr(source, name))
 
 
 class Daemon:
@@ -84,7 +90,7 @@ class Daemon:
     def _init_storage(self) -> None:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
-        self._spool = Spool(s.spool_dir, s.spool)
+        self._spool = Spool(s.spool_dir, s.spool, dedup_distance=s.mining.dedup_distance)
         self._recent = RecentVisits(s.mining.recent_max_bytes, s.mining.recent_max_age_s,
                                     s.mining.jpeg_quality)
         self.collector = Collector(s.mining, self._recent, self._spool, self.classifier.bundle)
@@ -215,9 +221,10 @@ class Daemon:
         self._notifier.reloading()
         try:
             fresh = load_settings(self._config_path)
-            self.settings.logging = fresh.logging
-            self.settings.visits = fresh.visits
-            self.settings.mining = fresh.mining
+            # Update the section objects in place: the stages hold references to them.
+            for section in ("logging", "visits", "mining"):
+                _copy_fields(getattr(fresh, section), getattr(self.settings, section))
+            setup_logging(self.settings.logging)
             self.check_model(force=True)
         except Exception:
             logger.exception("reload failed; keeping the running configuration and model")

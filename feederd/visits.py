@@ -47,7 +47,6 @@ class VisitTracker:
     def __init__(self, cfg: VisitsConfig, labels: Collection[str],
                  negative_labels: Collection[str]) -> None:
         self._cfg = cfg
-        self._interval = 1.0 / cfg.classify_fps
         self._visit: _Visit | None = None
         self.set_labels(labels, negative_labels)
 
@@ -92,7 +91,8 @@ class VisitTracker:
     def due(self, mono: float) -> bool:
         """Whether this frame may be classified under ``classify_fps``."""
         visit = self._visit
-        return visit is not None and mono - visit.last_classified_mono >= self._interval * 0.999
+        interval = 0.999 / self._cfg.classify_fps  # read each time: SIGHUP may change it
+        return visit is not None and mono - visit.last_classified_mono >= interval
 
     def add(self, frame: Frame, prediction: Prediction, box: Box | None, crop: np.ndarray,
             model_version: str) -> tuple[ClassifiedFrame, Alert | None]:
