@@ -26,7 +26,7 @@ from feederd.config import Settings, load_settings
 from feederd.events import EventQueue, JsonLinesSink, LinkEvents
 from feederd.jobs import Jobs
 from feederd.logsetup import setup_logging
-from feederd.modelstore import ModelStore
+from feederd.modelstore import ModelStore, store_for
 from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.notify import SystemdNotifier
 from feederd.pipeline import Pipeline
@@ -42,7 +42,7 @@ _STALL_AFTER = int(os.environ.get("FEEDERD_FAULT_STALL_AFTER_FRAMES", "0"))
 
 
 def model_store_for(settings: Settings) -> ModelStore:
-    return ModelStore(settings.models_dir)
+    return store_for(settings)
 
 
 def resolve_model_path(settings: Settings) -> Path:

@@ -1,0 +1,398 @@
+"""``feeder-sync evaluate``: the candidate against the deployed model, and the promotion gate.
+
+Two test sets, both unseen by the models compared:
+
+- the held-out split of the base dataset (the same split ``init`` and ``train`` use): a
+  confusion matrix (table and PNG) and per-class recall;
+- field negatives: pulled samples the owner labelled as nothing of interest (``rejected``
+  frames of false alerts), minus any the deployed model trained on, plus image folders given
+  with ``--negatives``. The candidate's answers on the samples it trained on come from its
+  out-of-fold heads (see :mod:`feederd.sync.train`), so it is not graded on what it memorised.
+
+A *false alert* is a prediction of a label outside the model's ``negative_labels`` whose
+probability reaches the device's ``visits.min_confidence`` (``alert_confidence`` in the
+device's feeder-sync config). The gate promotes the candidate only if its false alerts on the
+field negatives go down and no species' recall falls by more than ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feederd.bundle import Bundle, read_bundle
+from feederd.errors import SyncError
+from feederd.sync.dataset import (
+    BundleRunner,
+    Item,
+    VectorCache,
+    mined_items,
+    progress_bar,
+    scan_folder,
+    scan_images,
+    split,
+)
+from feederd.sync.train import Head, head_path
+from feederd.sync.workspace import Workspace, atomic_write_bytes, atomic_write_json, safe_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Score:
+    """One model on the evaluation sets."""
+
+    version: str
+    labels: list[str]
+    negatives: list[str]
+    confusion: dict[str, dict[str, int]]  # true label -> predicted label -> count
+    recall: dict[str, float]
+    accuracy: float
+    field_total: int
+    field_alerts: int
+    extra_total: int
+    extra_alerts: int
+    alerts_by_label: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def species(self) -> list[str]:
+        return [name for name in self.recall if name not in self.negatives]
+
+    @property
+    def mean_species_recall(self) -> float | None:
+        values = [self.recall[name] for name in self.species]
+        return float(np.mean(values)) if values else None
+
+    @property
+    def false_alerts(self) -> int:
+        return self.field_alerts + self.extra_alerts
+
+    @property
+    def negatives_total(self) -> int:
+        return self.field_total + self.extra_total
+
+    def as_dict(self) -> dict[str, Any]:
+        msr = self.mean_species_recall
+        return {"version": self.version, "labels": self.labels, "negative_labels": self.negatives,
+                "accuracy": round(self.accuracy, 4), "recall": _rounded(self.recall),
+                "mean_species_recall": None if msr is None else round(msr, 4),
+                "false_alerts": self.false_alerts, "field_negatives": self.negatives_total,
+                "false_alert_rate": round(self.false_alerts / self.negatives_total, 4)
+                if self.negatives_total else None,
+                "field": {"samples": self.field_total, "false_alerts": self.field_alerts},
+                "extra": {"samples": self.extra_total, "false_alerts": self.extra_alerts},
+                "false_alerts_by_label": self.alerts_by_label, "confusion": self.confusion}
+
+
+@dataclass
+class Report:
+    candidate: Score
+    reference: Score | None
+    passed: bool | None  # None: nothing to compare with
+    reasons: list[str]
+    path: Path
+    tolerance: float
+
+    @property
+    def gate(self) -> str:
+        return "n/a" if self.passed is None else "pass" if self.passed else "fail"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate.as_dict(),
+                "reference": self.reference.as_dict() if self.reference else None,
+                "gate": self.gate, "reasons": self.reasons, "tolerance": self.tolerance,
+                "report": str(self.path)}
+
+
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in values.items()}
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+@dataclass
+class _Sets:
+    holdout: list[Item]
+    field: list[Item]
+    extra: list[Item]
+
+
+def evaluate(workspace: Workspace, *, alert_confidence: float, tolerance: float,
+             noise_images: int = 1, candidate: str | None = None, reference: str | None = None,
+             negatives_dirs: Sequence[Path] = (), threads: int = 2, batch_size: int = 16,
+             progress: bool = False) -> Report:
+    """Score the candidate (and the reference), decide the gate, write the report."""
+    state = workspace.require().load_state()
+    cand_version = candidate or state.get("candidate")
+    if not cand_version:
+        raise SyncError("no candidate model yet; run 'feeder-sync train' first")
+    ref_version = reference or state.get("deployed") or state.get("baseline")
+    cand_bundle = _bundle(workspace, cand_version)
+    ref_bundle = _bundle(workspace, ref_version) if ref_version and ref_version != \
+        cand_version else None
+    sets = _sets(workspace, state, cand_bundle, ref_bundle, negatives_dirs)
+    runner_args = (threads, batch_size, progress)
+    cand = _score(workspace, cand_bundle, sets, alert_confidence, runner_args,
+                  workspace.load_sidecar(cand_bundle.version).get("oof", {}))
+    ref = _score(workspace, ref_bundle, sets, alert_confidence, runner_args, {}) \
+        if ref_bundle else None
+    passed, reasons = gate(cand, ref, tolerance, noise_images)
+    report = Report(cand, ref, passed, reasons,
+                    workspace.reports_dir / safe_name(cand.version), tolerance)
+    _write_report(report)
+    _remember(workspace, report)
+    return report
+
+
+def _bundle(workspace: Workspace, version: str) -> Bundle:
+    path = workspace.model_path(version)
+    if not path.exists():
+        raise SyncError(f"no model '{version}' in {workspace.models_dir}; "
+                        "'feeder-sync status' lists the models built here")
+    return read_bundle(path)
+
+
+def _sets(workspace: Workspace, state: dict[str, Any], cand: Bundle, ref: Bundle | None,
+          negatives_dirs: Sequence[Path]) -> _Sets:
+    setup = state.get("init") or {}
+    if not setup:
+        raise SyncError("workspace was never initialised; run 'feeder-sync init' first")
+    _, holdout = split(scan_folder(Path(setup["data"])), float(setup["holdout"]),
+                       int(setup["seed"]))
+    negatives = set(cand.negative_labels) | (set(ref.negative_labels) if ref else set())
+    seen_by_ref = set(workspace.load_sidecar(ref.version).get("trained_shas", [])) if ref \
+        else set()
+    field_items = [i for i in mined_items(workspace) if i.label in negatives
+                   and (i.sample or {}).get("sha256") not in seen_by_ref]
+    label = sorted(cand.negative_labels)[0] if cand.negative_labels else "other"
+    extra = [item for folder in negatives_dirs for item in scan_images(folder, label)]
+    return _Sets(holdout, field_items, extra)
+
+
+SPOT_CHECK = 16
+SPOT_TOLERANCE = 1e-3
+
+
+def _score(workspace: Workspace, bundle: Bundle, sets: _Sets, confidence: float,
+           runner_args: tuple[int, int, bool], oof: dict[str, list[float]]) -> Score:
+    """Run ``bundle`` over the sets and count what it got right."""
+    items = [*sets.holdout, *sets.field, *sets.extra]
+    probs, shas = _probabilities(workspace, bundle, [i.path for i in items], runner_args)
+    for n, item in enumerate(items):
+        if item.source == "mined" and shas[n] in oof:
+            probs[n] = np.asarray(oof[shas[n]], np.float32)
+    top = probs.argmax(axis=1) if len(items) else np.zeros(0, int)
+    said = [bundle.labels[k] for k in top]
+    alerts = [not bundle.is_negative(s) and float(probs[n, top[n]]) >= confidence
+              for n, s in enumerate(said)]
+    return _tally(bundle, sets, said, alerts)
+
+
+def _probabilities(workspace: Workspace, bundle: Bundle, paths: list[Path],
+                   runner_args: tuple[int, int, bool]) -> tuple[np.ndarray, list[str]]:
+    """The bundle's probabilities for ``paths`` (cached by image hash).
+
+    A bundle built here has its head saved beside it: its answers are the head applied to the
+    cached backbone embeddings, checked against the real bundle on a few images (so a broken
+    export cannot hide). Any other bundle runs in full.
+    """
+    threads, batch_size, progress = runner_args
+    head = Head.load(head_path(workspace, bundle.version))
+    setup = workspace.load_state().get("init") or {}
+    cache = VectorCache(workspace.cache_path)
+    try:
+        full = BundleRunner(bundle.path, cache, f"probs:{bundle.sha256}", "probs", threads,
+                            batch_size)
+        if head is not None and list(head.labels) == list(bundle.labels) and setup:
+            embedder = BundleRunner(workspace.dir / setup["embedder"], cache,
+                                    setup["embedder_key"], "embedding", threads, batch_size)
+            with progress_bar(len(paths), f"evaluate {bundle.version}", progress) as bar:
+                x, shas = embedder.vectors(paths, bar)
+            probs = head.probs(x) if len(paths) else np.zeros((0, len(bundle.labels)))
+            spot, _ = full.vectors(paths[:SPOT_CHECK])
+            if not len(spot) or np.abs(spot - probs[:len(spot)]).max() <= SPOT_TOLERANCE:
+                return probs.astype(np.float32), shas
+            logger.warning("%s: the bundle disagrees with its saved head; running it in full",
+                           bundle.path)
+        with progress_bar(len(paths), f"evaluate {bundle.version}", progress) as bar:
+            return full.vectors(paths, bar)
+    finally:
+        cache.close()
+
+
+def _tally(bundle: Bundle, sets: _Sets, said: list[str], alerts: list[bool]) -> Score:
+    held = len(sets.holdout)
+    truth = [i.label for i in sets.holdout]
+    confusion: dict[str, dict[str, int]] = {}
+    for t, p in zip(truth, said[:held], strict=True):
+        row = confusion.setdefault(t, {})
+        row[p] = row.get(p, 0) + 1
+    recall = {name: row.get(name, 0) / sum(row.values()) for name, row in sorted(
+        confusion.items(), key=lambda kv: _order(bundle, kv[0]))}
+    accuracy = float(np.mean([t == p for t, p in zip(truth, said[:held], strict=True)])) \
+        if held else 0.0
+    n_field = len(sets.field)
+    field_alerts = alerts[held:held + n_field]
+    extra_alerts = alerts[held + n_field:]
+    by_label: dict[str, int] = {}
+    for s, a in zip(said[held:], alerts[held:], strict=True):
+        if a:
+            by_label[s] = by_label.get(s, 0) + 1
+    return Score(bundle.version, list(bundle.labels), sorted(bundle.negative_labels),
+                 confusion, recall, accuracy, n_field, sum(field_alerts), len(extra_alerts),
+                 sum(extra_alerts), dict(sorted(by_label.items())))
+
+
+def _order(bundle: Bundle, label: str) -> tuple[int, str]:
+    return (bundle.labels.index(label) if label in bundle.labels else len(bundle.labels), label)
+
+
+def gate(cand: Score, ref: Score | None, tolerance: float, noise_images: int = 1
+         ) -> tuple[bool | None, list[str]]:
+    """Promote only with fewer false alerts on field negatives and no species recall drop
+    beyond ``tolerance``; returns (passed, reasons), passed None without a reference.
+
+    A drop also has to lose more than ``noise_images`` test images of that species to count:
+    held-out sets of a few dozen photos per species move in steps of several points.
+    """
+    if ref is None:
+        return None, ["no deployed model to compare with (first model)"]
+    reasons: list[str] = []
+    ok = True
+    if ref.negatives_total == 0:
+        ok = False
+        reasons.append("no field negatives to compare on: pull and review samples the owner "
+                       "rejected first (or pass --negatives DIR)")
+    elif cand.false_alerts < ref.false_alerts:
+        reasons.append(f"false alerts on {ref.negatives_total} field negatives: "
+                       f"{ref.false_alerts} -> {cand.false_alerts}")
+    else:
+        ok = False
+        reasons.append(f"false alerts on {ref.negatives_total} field negatives did not go down "
+                       f"({ref.false_alerts} -> {cand.false_alerts})")
+    for name in ref.species:
+        before, after = ref.recall[name], cand.recall.get(name, 0.0)
+        lost = round((before - after) * sum(ref.confusion[name].values()))
+        if before - after > tolerance + 1e-9 and lost > noise_images:
+            ok = False
+            reasons.append(f"recall of {name} fell {before:.1%} -> {after:.1%} "
+                           f"({lost} test images; more than {tolerance:.1%})")
+        elif before - after > tolerance + 1e-9:
+            reasons.append(f"recall of {name} fell {before:.1%} -> {after:.1%}, but by "
+                           f"{lost} test image(s) only: within noise")
+    if ok:
+        reasons.append(f"no species recall fell by more than {tolerance:.1%}")
+    return ok, reasons
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def _write_report(report: Report) -> None:
+    report.path.mkdir(parents=True, exist_ok=True)
+    for score in filter(None, (report.candidate, report.reference)):
+        confusion_png(score, report.path / f"confusion-{safe_name(score.version)}.png")
+    atomic_write_json(report.path / "report.json", report.as_dict())
+    atomic_write_bytes(report.path / "report.md", markdown(report).encode("utf-8"))
+
+
+def markdown(report: Report) -> str:
+    """The report as markdown: summary, gate, recall table, confusion matrices."""
+    cand, ref = report.candidate, report.reference
+    lines = [f"# Evaluation of {cand.version}", ""]
+    if ref:
+        lines += [f"Against the deployed model {ref.version}.", ""]
+    lines += [f"**Gate: {report.gate.upper()}**", ""] + [f"- {r}" for r in report.reasons]
+    lines += ["", "| | " + " | ".join(s.version for s in filter(None, (ref, cand))) + " |",
+              "|---|" + "---|" * (2 if ref else 1)]
+    for title, value in _summary_rows(cand, ref):
+        lines.append(f"| {title} | {value} |")
+    for score in filter(None, (ref, cand)):
+        lines += ["", f"## Confusion matrix of {score.version} (rows: truth)", "",
+                  confusion_table(score),
+                  "", f"![confusion](confusion-{safe_name(score.version)}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _summary_rows(cand: Score, ref: Score | None) -> list[tuple[str, str]]:
+    scores = [s for s in (ref, cand) if s]
+
+    def row(fn: Any) -> str:
+        return " | ".join(fn(s) for s in scores)
+
+    rows = [("held-out accuracy", row(lambda s: f"{s.accuracy:.1%}")),
+            ("mean species recall", row(lambda s: _pct(s.mean_species_recall))),
+            ("false alerts on field negatives",
+             row(lambda s: f"{s.false_alerts} / {s.negatives_total}"))]
+    for name in dict.fromkeys(name for s in scores for name in s.species):
+        rows.append((f"recall {name}", row(lambda s, n=name: _pct(s.recall.get(n)))))
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def confusion_table(score: Score) -> str:
+    """The confusion matrix as a fixed-width text table (also valid inside markdown)."""
+    truth = list(score.confusion)
+    predicted = [n for n in score.labels] + sorted(
+        {p for row in score.confusion.values() for p in row} - set(score.labels))
+    width = max(len(n) for n in [*truth, *predicted, "truth"]) + 1
+    head = "truth".ljust(width) + "".join(p[:width - 1].rjust(width) for p in predicted)
+    body = [t.ljust(width) + "".join(str(score.confusion[t].get(p, 0)).rjust(width)
+                                      for p in predicted) for t in truth]
+    return "```\n" + "\n".join([head, *body]) + "\n```"
+
+
+def confusion_png(score: Score, out: Path) -> Path:
+    """A confusion matrix image (matplotlib, Agg: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth = list(score.confusion)
+    predicted = list(score.labels)
+    grid = np.array([[score.confusion[t].get(p, 0) for p in predicted] for t in truth])
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(predicted), 1.0 + 0.7 * len(truth)))
+    ax.imshow(grid, cmap="Blues")
+    ax.set_xticks(range(len(predicted)), predicted, rotation=45, ha="right")
+    ax.set_yticks(range(len(truth)), truth)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    ax.set_title(score.version, fontsize=9)
+    threshold = grid.max() / 2 if grid.size else 0
+    for (r, c), value in np.ndenumerate(grid):
+        ax.text(c, r, str(value), ha="center", va="center",
+                color="white" if value > threshold else "black", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _remember(workspace: Workspace, report: Report) -> None:
+    state = workspace.load_state()
+    entry = state.setdefault("models", {}).setdefault(report.candidate.version, {})
+    entry.update({"gate": report.gate, "against": report.reference.version
+                  if report.reference else None,
+                  "report": str(report.path.relative_to(workspace.dir)),
+                  "evaluation": {k: v for k, v in report.as_dict()["candidate"].items()
+                                 if k != "confusion"}})
+    workspace.save_state(state)
+    workspace.record("evaluate", version=report.candidate.version, gate=report.gate)
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        data: dict[str, Any] = json.loads((path / "report.json").read_text(encoding="utf-8"))
+        return data
+    return {}

@@ -1,0 +1,365 @@
+"""``feeder-sync pull``: copy new spool samples from the device, verified and durable.
+
+The device streams a tar (``manifest.jsonl`` plus one JPEG per sample). It is read as a stream,
+never unpacked by ``tarfile``: every member name is checked (no absolute paths, no ``..``, no
+links or devices), every JPEG's size and SHA-256 must match its manifest row, and each file is
+written to a temporary name, fsynced and renamed to its content address before the rows that
+point at it are committed. Rows are committed in sequence order, so the workspace's highest
+sequence always means "everything up to here is stored" and the next pull resumes after it.
+Only once the whole stream has been stored and the device's command has exited cleanly does
+the device get ``spool ack`` - so nothing it drops was not safely on the laptop.
+
+A corrupt or truncated stream, a checksum mismatch or a hostile member name raises
+:class:`TransportError`; files of samples not yet committed are removed, so nothing partial is
+ever visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from feederd.errors import SyncError, TransportError
+from feederd.sync.transport import Transport
+from feederd.sync.workspace import SampleIndex, Workspace, fsync_dir
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+MANIFEST_MAX_BYTES = 64 * 2**20
+SAMPLE_MAX_BYTES = 64 * 2**20
+COMMIT_EVERY = 64
+CHUNK = 1 << 16
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class PullResult:
+    """What one pull did; ``acked`` is the sequence the device was told it may drop."""
+
+    since: int
+    received: int = 0
+    last_seq: int = 0
+    spool_id: str = ""
+    acked: int | None = None
+    bytes: int = 0
+    labels: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"since": self.since, "received": self.received, "last_seq": self.last_seq,
+                "spool_id": self.spool_id, "acked": self.acked, "bytes": self.bytes,
+                "labels": self.labels}
+
+
+def pull(workspace: Workspace, transport: Transport,
+         progress: Callable[[int], None] | None = None) -> PullResult:
+    """Receive everything after the last stored sequence, then ack it on the device."""
+    workspace.create()
+    with workspace.lock(), contextlib.closing(workspace.index()) as index:
+        spool_id, since = index.cursor()
+        try:
+            result = _pull_once(workspace, transport, index, spool_id, since, progress)
+        except SpoolChanged as changed:
+            # The device rebuilt its spool (new id): its sequence numbers mean something
+            # else now, so everything is pulled again; known samples are matched by id and
+            # content hash and keep their review.
+            logger.warning("the device's spool changed (%s -> %s); pulling it again from 0",
+                           spool_id or "?", changed.spool_id)
+            result = _pull_once(workspace, transport, index, changed.spool_id, 0, progress)
+        state = workspace.load_state()
+        acked = int(state.get("acked_seq", 0)) if state.get("spool_id") == result.spool_id \
+            else 0
+        if result.last_seq > acked:
+            # Everything up to last_seq is fsynced and committed: only now may the device
+            # drop it. A failed ack is retried by the next pull (the samples are already here).
+            transport.ack(result.last_seq)
+            result.acked = result.last_seq
+        workspace.update_state(last_seq=result.last_seq, spool_id=result.spool_id,
+                               acked_seq=result.acked if result.acked is not None else acked)
+        workspace.record("pull", received=result.received, last_seq=result.last_seq)
+    logger.info("pulled %d samples (up to sequence %d)", result.received, result.last_seq)
+    return result
+
+
+def _pull_once(workspace: Workspace, transport: Transport, index: SampleIndex, spool_id: str,
+               since: int, progress: Callable[[int], None] | None) -> PullResult:
+    result = PullResult(since=since, last_seq=since, spool_id=spool_id)
+    with transport.export(since) as stream:
+        receive(stream, workspace, index, result, progress)
+    return result
+
+
+class SpoolChanged(Exception):
+    """The export came from another spool than the last pull (it was rebuilt)."""
+
+    def __init__(self, spool_id: str) -> None:
+        super().__init__(spool_id)
+        self.spool_id = spool_id
+
+
+def receive(stream: IO[bytes], workspace: Workspace, index: SampleIndex, result: PullResult,
+            progress: Callable[[int], None] | None = None) -> None:
+    """Read one export stream into the workspace; raises TransportError on any defect."""
+    receiver = _Receiver(workspace, index, result, progress)
+    try:
+        receiver.read(stream)
+    except (tarfile.TarError, EOFError) as exc:
+        receiver.discard()
+        raise TransportError(f"the export stream from the device is corrupt or truncated "
+                             f"({exc}); nothing after sequence {result.last_seq} was kept, "
+                             "run the pull again") from exc
+    except BaseException:
+        receiver.discard()
+        raise
+
+
+SPOOL_ID_HEADER = "feederd.spool_id"
+
+
+class _Receiver:
+    """Matches tar members to manifest rows and commits complete rows in sequence order."""
+
+    def __init__(self, workspace: Workspace, index: SampleIndex, result: PullResult,
+                 progress: Callable[[int], None] | None) -> None:
+        self.workspace = workspace
+        self.index = index
+        self.result = result
+        self.progress = progress
+        self.rows: dict[str, dict[str, Any]] | None = None  # by member name
+        self.files: dict[str, tuple[str, int, Path]] = {}  # unmatched: sha256, size, file
+        self.seen: set[str] = set()
+        self.created: set[Path] = set()  # files this pull stored, not yet committed
+        self.ready: list[dict[str, Any]] = []
+
+    def read(self, stream: IO[bytes]) -> None:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                self._member(tar, member)
+        if self.rows is None:
+            raise TransportError(f"the export stream has no {MANIFEST}; is the device's "
+                                 "feederd a version that exports samples?")
+        self._match()
+        if missing := sorted(self.rows.values(), key=lambda r: r["seq"]):
+            first = missing[0]
+            raise TransportError(f"the export stream ended without the file of sample "
+                                 f"{first['id']} (sequence {first['seq']}, {first['path']}): "
+                                 "it is truncated; run the pull again")
+        self._commit()
+
+    def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        name = _safe_name(member.name)
+        if member.isdir():
+            return
+        if not member.isfile():
+            raise TransportError(f"the export stream holds {member.name!r}, which is not a "
+                                 "regular file (links and devices are refused)")
+        handle = tar.extractfile(member)
+        if handle is None:
+            raise TransportError(f"cannot read {member.name!r} from the export stream")
+        if name == MANIFEST:
+            self._spool(member.pax_headers.get(SPOOL_ID_HEADER, ""))
+            self._manifest(handle, member.size)
+        else:
+            self._file(name, handle, member.size)
+        self._match()
+        if len(self.ready) >= COMMIT_EVERY:
+            self._commit()
+
+    def _spool(self, spool_id: str) -> None:
+        """Refuse to mix two spools' sequence numbers (see :class:`SpoolChanged`)."""
+        if spool_id and self.result.spool_id and spool_id != self.result.spool_id \
+                and self.result.since > 0:
+            raise SpoolChanged(spool_id)
+        self.result.spool_id = spool_id or self.result.spool_id
+
+    def _manifest(self, handle: IO[bytes], size: int) -> None:
+        if self.rows is not None:
+            raise TransportError(f"the export stream holds two {MANIFEST} files")
+        if size > MANIFEST_MAX_BYTES:
+            raise TransportError(f"{MANIFEST} is {size} bytes, more than the "
+                                 f"{MANIFEST_MAX_BYTES} accepted")
+        rows = parse_manifest(handle.read(), self.result.since)
+        self.rows = {row["path"]: row for row in rows}
+
+    def _file(self, name: str, handle: IO[bytes], size: int) -> None:
+        if name in self.seen:
+            raise TransportError(f"the export stream holds {name!r} twice")
+        if self.rows is not None and name not in self.rows:
+            raise TransportError(f"the export stream holds {name!r}, which its manifest does "
+                                 "not list")
+        if size > SAMPLE_MAX_BYTES:
+            raise TransportError(f"{name!r} is {size} bytes, more than a sample may be")
+        digest, stored = self._store(handle)
+        self.seen.add(name)
+        self.files[name] = (digest, size, stored)
+        self.result.bytes += size
+
+    def _store(self, handle: IO[bytes]) -> tuple[str, Path]:
+        """Write to a temporary file while hashing, fsync, rename to samples/ab/<sha>.jpg."""
+        folder = self.workspace.samples_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        try:
+            return self._write(handle, folder, digest)
+        except OSError as exc:
+            raise SyncError(f"cannot store a pulled sample in {folder}: {exc.strerror}; "
+                            "free some disk space and pull again") from exc
+
+    def _write(self, handle: IO[bytes], folder: Path, digest: Any) -> tuple[str, Path]:
+        fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            final = folder / sha[:2] / f"{sha}.jpg"
+            if final.exists():
+                os.unlink(tmp)
+                return sha, final
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.created.add(final)
+        return sha, final
+
+    def _match(self) -> None:
+        """Move rows whose file has arrived (and checks out) to the commit queue."""
+        if self.rows is None:
+            return
+        if unknown := [n for n in self.files if n not in self.rows]:
+            raise TransportError(f"the export stream holds {unknown[0]!r}, which its manifest "
+                                 "does not list")
+        for name in list(self.files):
+            row = self.rows.pop(name)
+            sha, size, stored = self.files.pop(name)
+            if sha != row["sha256"] or size != row["size"]:
+                raise TransportError(
+                    f"checksum mismatch for sample {row['id']} (sequence {row['seq']}, "
+                    f"{name}): the manifest says {row['size']} bytes sha256 "
+                    f"{row['sha256'][:12]}..., the stream carried {size} bytes sha256 "
+                    f"{sha[:12]}...; nothing after sequence {self.result.last_seq} was kept")
+            row["file"] = str(stored.relative_to(self.workspace.dir))
+            self.ready.append(row)
+
+    def _commit(self) -> None:
+        """Commit the ready rows that continue the sequence without a gap."""
+        pending = min((r["seq"] for r in (self.rows or {}).values()), default=None)
+        self.ready.sort(key=lambda r: r["seq"])
+        batch = [r for r in self.ready if pending is None or r["seq"] < pending]
+        if not batch:
+            return
+        self.index.commit(batch, self.result.spool_id, batch[-1]["seq"])
+        for row in batch:
+            self.created.discard(self.workspace.dir / row["file"])
+            label = row.get("label") or "-"
+            self.result.labels[label] = self.result.labels.get(label, 0) + 1
+        self.ready = self.ready[len(batch):]
+        self.result.received += len(batch)
+        self.result.last_seq = batch[-1]["seq"]
+        if self.progress:
+            self.progress(len(batch))
+
+    def discard(self) -> None:
+        """Remove the files this pull stored for samples it did not commit (nothing partial
+        stays; the next pull fetches them again)."""
+        for path in self.created:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        self.created.clear()
+
+
+def _safe_name(name: str) -> str:
+    """A member name as a relative POSIX path, or TransportError for anything that escapes."""
+    if not name or "\\" in name or "\x00" in name:
+        raise TransportError(f"refusing tar member {name!r}: not a plain relative path")
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith("/"):
+        raise TransportError(f"refusing tar member {name!r}: absolute paths are not accepted")
+    if ".." in path.parts:
+        raise TransportError(f"refusing tar member {name!r}: '..' is not accepted")
+    return str(PurePosixPath(*[p for p in path.parts if p != "."]))
+
+
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "seq": int, "id": (int, str), "sha256": str, "size": int, "path": str}
+"""Required manifest fields; the file name may also be given as ``file`` (feederd's spool)."""
+
+
+def parse_manifest(data: bytes, since: int) -> list[dict[str, Any]]:
+    """Rows of ``manifest.jsonl`` after ``since``, each checked; TransportError otherwise."""
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TransportError(f"{MANIFEST} line {number} is not JSON ({exc})") from exc
+        row = _check_row(row, number)
+        if row["seq"] > since:
+            rows.append(row)
+    names = [r["path"] for r in rows]
+    if len(set(names)) != len(names):
+        raise TransportError(f"{MANIFEST} lists the same file for two samples")
+    seqs = [r["seq"] for r in rows]
+    if len(set(seqs)) != len(seqs):
+        raise TransportError(f"{MANIFEST} lists the same sequence number twice")
+    return rows
+
+
+def _check_row(row: Any, number: int) -> dict[str, Any]:
+    where = f"{MANIFEST} line {number}"
+    if not isinstance(row, dict):
+        raise TransportError(f"{where} is not a JSON object")
+    if "path" not in row and "file" in row:
+        row["path"] = row["file"]
+    for key, kind in REQUIRED.items():
+        value = row.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TransportError(f"{where}: '{key}' is missing or not a {_kind(kind)}")
+    if not SHA256.match(row["sha256"]):
+        raise TransportError(f"{where}: 'sha256' is not 64 lowercase hex digits")
+    if row["seq"] < 0 or row["size"] < 0:
+        raise TransportError(f"{where}: 'seq' and 'size' must not be negative")
+    row["path"] = _safe_name(row["path"])
+    if row["path"] == MANIFEST:
+        raise TransportError(f"{where}: a sample cannot be called {MANIFEST}")
+    row["id"] = str(row["id"])
+    reasons = row.get("reasons") or []
+    row["reasons"] = [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)]
+    return row
+
+
+def _kind(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm counter of stored samples on a terminal; nothing otherwise."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(unit=" samples", desc="pull", leave=False) as bar:
+        yield bar.update
+

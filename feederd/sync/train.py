@@ -1,0 +1,464 @@
+"""``feeder-sync init`` and ``train``: a logistic-regression head on cached backbone embeddings.
+
+Retraining only the head is what makes a retrain after a handful of mined samples take seconds
+and stay sound: the backbone's features are fixed, the embeddings of every image ever seen are
+cached, and a linear classifier on standardised features needs little data. The head is
+written into a full bundle (backbone + head, ``probs`` and ``embedding`` outputs) by
+:func:`feederd.sync.build.head_bundle`, with the scaler folded into its weights.
+
+Negatives (labels in ``negative_labels``) are capped at ``neg_per_pos`` per positive sample so
+that ``other`` does not swamp the species; the owner's field negatives are kept first, as they
+are the mistakes the device actually made. A lookalike such as ``squirrel`` may be its own
+class, listed as negative. A mined label the base dataset lacks is an error unless new classes
+are allowed, since a typo in a reply would otherwise become a class.
+
+For the gate, every mined sample the candidate trains on also gets an *out-of-fold*
+prediction (a head trained without it), so the evaluation of "fewer false alerts on field
+negatives" is not measured on the very samples the head memorised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from feederd.errors import SyncError
+from feederd.sync.dataset import (
+    PREPROCESS,
+    BundleRunner,
+    Item,
+    VectorCache,
+    embedder_key,
+    input_spec_for,
+    mined_items,
+    progress_bar,
+    scan_folder,
+    split,
+)
+from feederd.sync.workspace import (
+    TrainingConfig,
+    Workspace,
+    atomic_write_bytes,
+    atomic_write_json,
+    safe_name,
+)
+
+logger = logging.getLogger(__name__)
+
+EMBEDDER_FILE = "embedder.onnx"
+
+
+@dataclass
+class Head:
+    """A linear softmax head on raw embeddings: probs = softmax(((x - mean) / std) W + b)."""
+
+    labels: list[str]
+    weights: np.ndarray  # D x C, on standardised features
+    bias: np.ndarray  # C
+    mean: np.ndarray  # D
+    std: np.ndarray  # D
+
+    def probs(self, x: np.ndarray) -> np.ndarray:
+        logits = ((x - self.mean) / self.std) @ self.weights + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+    def save(self, path: Path) -> None:
+        """The head beside its bundle, so evaluation can run it on cached embeddings."""
+        buffer = io.BytesIO()
+        np.savez(buffer, weights=self.weights, bias=self.bias, mean=self.mean, std=self.std,
+                 labels=np.array(self.labels))
+        atomic_write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> Head | None:
+        try:
+            with np.load(path) as data:
+                return cls([str(x) for x in data["labels"]], data["weights"], data["bias"],
+                           data["mean"], data["std"])
+        except (OSError, KeyError, ValueError):
+            return None
+
+
+@dataclass
+class TrainResult:
+    version: str
+    path: Path
+    parent: str | None
+    labels: list[str]
+    trained_on: dict[str, int]
+    metrics: dict[str, Any]
+    mined_used: int
+    embedded: int
+    seconds: float
+    dropped_negatives: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "file": str(self.path), "parent": self.parent,
+                "labels": self.labels, "trained_on": self.trained_on, "metrics": self.metrics,
+                "mined_used": self.mined_used, "newly_embedded": self.embedded,
+                "dropped_negatives": self.dropped_negatives,
+                "seconds": round(self.seconds, 2)}
+
+
+# --- the head ---------------------------------------------------------------------------------
+
+def fit_head(x: np.ndarray, y: Sequence[str], labels: Sequence[str], cfg: TrainingConfig,
+             warm: Head | None = None) -> Head:
+    """Standardise, fit a multinomial logistic regression, return it in ``labels`` order.
+
+    ``warm``: start from that head (and keep its standardisation), which makes the refits of
+    the out-of-fold estimate converge in a few iterations.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if warm is None:
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        std = np.where(std > 1e-6, std, 1.0)
+    else:
+        mean, std = warm.mean, warm.std
+    classes = sorted(set(y))
+    model = LogisticRegression(C=cfg.c, max_iter=cfg.max_iter, warm_start=warm is not None,
+                               class_weight="balanced" if cfg.class_weight == "balanced"
+                               else None)
+    if warm is not None and len(classes) > 2:
+        columns = [list(warm.labels).index(name) for name in classes]
+        model.coef_ = warm.weights[:, columns].T.copy()
+        model.intercept_ = warm.bias[columns].copy()
+    with _quiet_convergence():
+        model.fit((x - mean) / std, np.asarray(y))
+    return _as_head(model, labels, mean, std, x.shape[1])
+
+
+def _as_head(model: Any, labels: Sequence[str], mean: np.ndarray, std: np.ndarray,
+             width: int) -> Head:
+    classes = [str(c) for c in model.classes_]
+    coef, intercept = model.coef_, model.intercept_
+    if len(classes) == 2:
+        # sklearn keeps one logit for two classes; softmax([-z/2, z/2]) == sigmoid(z).
+        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    w = np.zeros((width, len(labels)))
+    b = np.full(len(labels), -30.0)  # a label without samples is never predicted
+    for column, name in enumerate(classes):
+        index = list(labels).index(name)
+        w[:, index] = coef[column]
+        b[index] = intercept[column]
+    return Head(list(labels), w, b, mean, std)
+
+
+@contextlib.contextmanager
+def _quiet_convergence() -> Any:
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def cap_negatives(items: Sequence[Item], negatives: set[str], per_positive: float,
+                  seed: int) -> tuple[list[Item], int]:
+    """All positives; negatives up to ``per_positive`` per positive, field negatives first."""
+    positives = [i for i in items if i.label not in negatives]
+    negative = [i for i in items if i.label in negatives]
+    limit = round(per_positive * len(positives)) if positives else len(negative)
+    if len(negative) <= limit:
+        return list(items), 0
+    rng = np.random.default_rng(seed)
+    mined = [i for i in negative if i.source == "mined"]
+    base = [i for i in negative if i.source != "mined"]
+    keep = _sample(mined, limit, rng) + _sample(base, max(0, limit - len(mined)), rng)
+    return positives + keep, len(negative) - len(keep)
+
+
+def _sample(items: list[Item], count: int, rng: np.random.Generator) -> list[Item]:
+    if len(items) <= count:
+        return items
+    chosen = sorted(rng.choice(len(items), size=count, replace=False))
+    return [items[i] for i in chosen]
+
+
+FIELD_SUFFIX = "_field"
+
+
+def field_negative(item: Item, base_negatives: set[str]) -> Item:
+    """A mined sample labelled ``other`` trains as ``other_field`` (see ``field_class``)."""
+    if item.label in base_negatives:
+        return replace(item, label=item.label + FIELD_SUFFIX)
+    return item
+
+
+def check_labels(base_labels: Sequence[str], mined: Sequence[Item], allow_new_class: bool
+                 ) -> list[str]:
+    """The label list of the new head: the base labels (their order kept), plus new ones."""
+    new = sorted({item.label for item in mined} - set(base_labels))
+    if new and not allow_new_class:
+        counts = Counter(item.label for item in mined if item.label in new)
+        listed = ", ".join(f"{name} ({counts[name]} samples)" for name in new)
+        raise SyncError(f"mined samples carry labels the base dataset lacks: {listed}; "
+                        "relabel them with 'feeder-sync review --label ID=LABEL', or add them "
+                        "as new classes with --allow-new-class (and --negative-label NAME "
+                        "for a lookalike that must not alert)")
+    return [*base_labels, *new]
+
+
+def species_recall(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]
+                   ) -> dict[str, float]:
+    recall = {}
+    for name in labels:
+        total = sum(1 for t in y_true if t == name)
+        if total:
+            hits = sum(1 for t, p in zip(y_true, y_pred, strict=True) if t == p == name)
+            recall[name] = hits / total
+    return recall
+
+
+# --- training ---------------------------------------------------------------------------------
+
+@dataclass
+class _Data:
+    """Everything a train run looks at, embedded."""
+
+    train: list[Item]
+    test: list[Item]
+    x: dict[str, np.ndarray]  # item key -> embedding
+    shas: dict[str, str]  # item key -> image SHA-256
+
+
+def train(workspace: Workspace, cfg: TrainingConfig, *, allow_new_class: bool | None = None,
+          negative_labels: Sequence[str] = (), version: str | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train a head on base + labelled mined samples and write the candidate bundle."""
+    started = time.perf_counter()
+    state = workspace.require().load_state()
+    setup = _setup(state, workspace)
+    mined = mined_items(workspace, cfg.use_pseudo)
+    base_negatives = set(setup.get("base_negative_labels", setup["negative_labels"]))
+    if cfg.field_class:
+        mined = [field_negative(item, base_negatives) for item in mined]
+    field_labels = sorted({i.label for i in mined if i.label.endswith(FIELD_SUFFIX)}
+                          - set(setup["labels"]))
+    chosen_negatives = set(setup["negative_labels"]) | set(negative_labels)
+    negatives = chosen_negatives | set(field_labels)
+    allow = cfg.allow_new_class if allow_new_class is None else allow_new_class
+    labels = check_labels([*setup["labels"], *field_labels], mined, allow)
+    if unknown := sorted(negatives - set(labels)):
+        raise SyncError(f"negative labels {unknown} name no class in the data "
+                        f"(classes: {', '.join(labels)})")
+    data, embedded = _embed(workspace, setup, cfg, mined, progress)
+    timings = {"embed_s": time.perf_counter() - started}
+    items, dropped = cap_negatives([*data.train, *mined], negatives, cfg.neg_per_pos,
+                                   cfg.seed)
+    x = np.stack([data.x[i.key] for i in items])
+    y = [i.label for i in items]
+    fit_started = time.perf_counter()
+    head = fit_head(x, y, labels, cfg)
+    timings["fit_s"] = time.perf_counter() - fit_started
+    oof = _out_of_fold(items, x, y, head, cfg, data.shas)
+    timings["oof_s"] = time.perf_counter() - fit_started - timings["fit_s"]
+    metrics = _metrics(head, data, labels, negatives, len(items), dropped, cfg)
+    parent = state.get("deployed") or state.get("baseline")
+    version = version or _next_version(workspace, state)
+    trained_on = dict(sorted(Counter(y).items()))
+    path = _write_bundle(workspace, setup, head, sorted(negatives), version, parent,
+                         trained_on, metrics)
+    head.save(head_path(workspace, version))
+    _write_sidecar(workspace, version, parent, items, data.shas, oof, dropped)
+    _remember(workspace, version, parent, path, trained_on, metrics, sorted(chosen_negatives))
+    result = TrainResult(version, path, parent, labels, trained_on, metrics,
+                         sum(1 for i in items if i.source == "mined"), embedded,
+                         time.perf_counter() - started, dropped, timings)
+    logger.info("trained %s on %d samples (%d mined) in %.1f s", version, len(items),
+                result.mined_used, result.seconds)
+    return result
+
+
+def head_path(workspace: Workspace, version: str) -> Path:
+    return workspace.models_dir / f"{safe_name(version)}.head.npz"
+
+
+def _setup(state: dict[str, Any], workspace: Workspace) -> dict[str, Any]:
+    setup = state.get("init")
+    if not setup:
+        raise SyncError(f"workspace of '{workspace.device}' was never initialised; run "
+                        "'feeder-sync init --backbone ... --data ...' first")
+    return dict(setup)
+
+
+def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
+           mined: Sequence[Item], progress: bool) -> tuple[_Data, int]:
+    base = scan_folder(Path(setup["data"]))
+    train_items, test_items = split(base, float(setup["holdout"]), int(setup["seed"]))
+    everything = [*train_items, *test_items, *mined]
+    cache = VectorCache(workspace.cache_path)
+    try:
+        runner = BundleRunner(workspace.dir / setup["embedder"], cache, setup["embedder_key"],
+                              "embedding", cfg.threads, cfg.batch_size)
+        with progress_bar(len(everything), "embed", progress) as bar:
+            x, shas = runner.vectors([i.path for i in everything], bar)
+    finally:
+        cache.close()
+    keys = [i.key for i in everything]
+    data = _Data(train_items, test_items, dict(zip(keys, x, strict=True)),
+                 dict(zip(keys, shas, strict=True)))
+    return data, runner.computed
+
+
+def _out_of_fold(items: Sequence[Item], x: np.ndarray, y: Sequence[str], full: Head,
+                 cfg: TrainingConfig, shas: dict[str, str]) -> dict[str, list[float]]:
+    """Probabilities for each mined sample from a head that did not see it."""
+    mined = [n for n, item in enumerate(items) if item.source == "mined"]
+    if not mined:
+        return {}
+    folds = min(cfg.folds, len(mined))
+    fold_of = {n: int(_hash(f"{cfg.seed}:{items[n].key}"), 16) % folds for n in mined}
+    oof: dict[str, list[float]] = {}
+    for fold in range(folds):
+        held = [n for n in mined if fold_of[n] == fold]
+        if not held:
+            continue
+        keep = np.ones(len(items), bool)
+        keep[held] = False
+        head = fit_head(x[keep], [y[int(i)] for i in np.flatnonzero(keep)], full.labels, cfg,
+                        warm=full)
+        for n, probs in zip(held, head.probs(x[held]), strict=True):
+            oof[shas[items[n].key]] = [round(float(p), 6) for p in probs]
+    return oof
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _metrics(head: Head, data: _Data, labels: list[str], negatives: set[str], samples: int,
+             dropped: int, cfg: TrainingConfig) -> dict[str, Any]:
+    metrics: dict[str, Any] = {"samples": samples, "negatives_dropped": dropped,
+                               "c": cfg.c, "class_weight": cfg.class_weight}
+    if not data.test:
+        return metrics
+    probs = head.probs(np.stack([data.x[i.key] for i in data.test]))
+    y_true = [i.label for i in data.test]
+    y_pred = [labels[k] for k in probs.argmax(axis=1)]
+    species = [name for name in labels if name not in negatives]
+    recall = species_recall(y_true, y_pred, species)
+    metrics.update({
+        "holdout_samples": len(data.test),
+        "holdout_accuracy": round(float(np.mean([t == p for t, p in zip(y_true, y_pred,
+                                                                          strict=True)])), 4),
+        "mean_species_recall": round(float(np.mean(list(recall.values()))), 4)
+        if recall else None,
+        "recall": {name: round(value, 4) for name, value in recall.items()},
+    })
+    return metrics
+
+
+def _next_version(workspace: Workspace, state: dict[str, Any]) -> str:
+    number = len(state.get("models", {})) + 1
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    version = f"{workspace.device}-v{number}-{stamp}"
+    while workspace.model_path(version).exists():
+        number += 1
+        version = f"{workspace.device}-v{number}-{stamp}"
+    return version
+
+
+def _write_bundle(workspace: Workspace, setup: dict[str, Any], head: Head,
+                  negatives: list[str], version: str, parent: str | None,
+                  trained_on: dict[str, int], metrics: dict[str, Any]) -> Path:
+    from feederd.bundle import InputSpec
+    from feederd.sync.build import head_bundle
+
+    spec = setup["input"]
+    input_spec = InputSpec(tuple(spec["size"]), spec["layout"], spec["color"],
+                           tuple(spec["mean"]), tuple(spec["std"]), float(spec["scale"]))
+    return head_bundle(Path(setup["backbone"]), setup["embedding_output"], input_spec,
+                       head.weights, head.bias, head.labels, negatives,
+                       workspace.model_path(version), version, parent, trained_on, metrics,
+                       embedding_scaler=(head.mean, head.std))
+
+
+def _write_sidecar(workspace: Workspace, version: str, parent: str | None,
+                   items: Sequence[Item], shas: dict[str, str], oof: dict[str, list[float]],
+                   dropped: int) -> None:
+    """What the bundle cannot say: which images it trained on, and out-of-fold answers."""
+    atomic_write_json(workspace.sidecar_path(version), {
+        "version": version, "parent": parent,
+        "trained_shas": sorted({shas[i.key] for i in items}),
+        "mined": sorted(str(i.sample["id"]) for i in items if i.source == "mined" and i.sample),
+        "oof": oof, "negatives_dropped": dropped,
+    })
+
+
+def _remember(workspace: Workspace, version: str, parent: str | None, path: Path,
+              trained_on: dict[str, int], metrics: dict[str, Any],
+              negatives: list[str]) -> None:
+    state = workspace.load_state()
+    state.setdefault("models", {})[version] = {
+        "file": str(path.relative_to(workspace.dir)), "parent": parent,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "trained_on": trained_on, "metrics": metrics, "gate": None,
+    }
+    state["candidate"] = version
+    state.setdefault("init", {})["negative_labels"] = negatives
+    workspace.save_state(state)
+    workspace.record("train", version=version, samples=sum(trained_on.values()))
+
+
+# --- init -------------------------------------------------------------------------------------
+
+def init_workspace(workspace: Workspace, cfg: TrainingConfig, *, backbone: Path,
+                   embedding_output: str, preprocess: str, data: Path,
+                   negative_labels: Sequence[str], holdout: float | None = None,
+                   progress: bool = False) -> TrainResult:
+    """Build the embedder from ``backbone``, embed ``data`` and train the baseline bundle."""
+    from feederd.sync.build import embedding_model
+
+    if preprocess not in PREPROCESS:
+        raise SyncError(f"--preprocess must be one of {', '.join(PREPROCESS)}, "
+                        f"got {preprocess!r}")
+    backbone = backbone.expanduser().resolve()
+    data = data.expanduser().resolve()
+    base = scan_folder(data)
+    labels = sorted({item.label for item in base})
+    if missing := sorted(set(negative_labels) - set(labels)):
+        raise SyncError(f"--negative-labels {missing} have no folder in {data} "
+                        f"(labels found: {', '.join(labels)})")
+    if len(labels) < 2:
+        raise SyncError(f"{data}: found one label ({labels[0]}); a classifier needs at least "
+                        "two sub-folders")
+    spec = input_spec_for(backbone, preprocess)
+    workspace.create()
+    embedder = workspace.models_dir / EMBEDDER_FILE
+    embedding_model(backbone, embedding_output, embedder, spec)
+    setup = {"backbone": str(backbone), "embedding_output": embedding_output,
+             "preprocess": preprocess, "input": spec.as_dict(), "data": str(data),
+             "labels": labels, "negative_labels": sorted(set(negative_labels)),
+             "base_negative_labels": sorted(set(negative_labels)),
+             "holdout": cfg.holdout if holdout is None else holdout, "seed": cfg.seed,
+             "embedder": str(embedder.relative_to(workspace.dir)),
+             "embedder_key": embedder_key(backbone, embedding_output, spec.as_dict())}
+    state = workspace.load_state()
+    # A device may already run a model: ``deployed`` stays, so the new baseline is compared
+    # with what the device really runs.
+    state.update({"init": setup, "baseline": None, "candidate": None})
+    workspace.save_state(state)
+    result = train(workspace, cfg, allow_new_class=False, progress=progress)
+    workspace.update_state(baseline=result.version)
+    workspace.record("init", version=result.version, data=str(data))
+    return result
+
+

@@ -1,0 +1,136 @@
+"""feeder-sync evaluate: reports, false alerts on field negatives, the promotion gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+
+from feederd.sync.evaluate import Score, confusion_table, gate
+from sync.conftest import Setup
+from sync.helpers import add_samples, jpeg, photo, run_json, run_sync, spool_dir
+
+
+def negatives_folder(root: Path, count: int = 30, seed: int = 9000) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(count):
+        (root / f"sq{n}.jpg").write_bytes(jpeg(photo("squirrel", seed + n)))
+    return root
+
+
+def train_with_squirrels(setup: Setup, count: int = 20) -> dict[str, object]:
+    add_samples(spool_dir(setup.tmp), [(jpeg(photo("squirrel", 500 + n)), "other", "user",
+                                        ["rejected"]) for n in range(count)])
+    run_sync(setup.config, "pull")
+    return run_json(setup.config, "train")
+
+
+class TestReport:
+    def test_the_report_has_markdown_json_and_confusion_pngs(self, setup: Setup) -> None:
+        trained = train_with_squirrels(setup)
+        report = run_json(setup.config, "evaluate")
+        folder = Path(report["report"])
+        assert (folder / "report.md").read_text().startswith(f"# Evaluation of "
+                                                             f"{trained['version']}")
+        assert json.loads((folder / "report.json").read_text())["gate"] == report["gate"]
+        for version in (trained["version"], report["reference"]["version"]):
+            image = cv2.imread(str(folder / f"confusion-{version}.png"))
+            assert image is not None and image.shape[0] > 100
+
+    def test_per_class_recall_and_the_confusion_matrix_count_the_held_out_split(
+            self, setup: Setup) -> None:
+        report = run_json(setup.config, "evaluate")
+        candidate = report["candidate"]
+        assert set(candidate["recall"]) == {"jay", "other", "robin"}
+        assert sum(sum(row.values()) for row in candidate["confusion"].values()) == 44
+
+    def test_the_text_output_prints_the_tables(self, setup: Setup) -> None:
+        out = run_sync(setup.config, "evaluate").stdout
+        assert "Confusion matrix" in out and "mean species recall" in out
+
+
+class TestFieldNegatives:
+    def test_false_alerts_on_rejected_samples_go_down_and_the_gate_passes(
+            self, setup: Setup) -> None:
+        train_with_squirrels(setup)
+        report = run_json(setup.config, "evaluate", "--negatives",
+                          str(negatives_folder(setup.tmp / "squirrels")))
+        before, after = report["reference"], report["candidate"]
+        print(f"\nfalse alerts {before['false_alerts']} -> {after['false_alerts']} of "
+              f"{after['field_negatives']}; mean species recall "
+              f"{before['mean_species_recall']} -> {after['mean_species_recall']}")
+        assert after["field"]["samples"] == 20 and after["extra"]["samples"] == 30
+        assert after["false_alerts"] < before["false_alerts"]
+        assert report["gate"] == "pass", report["reasons"]
+
+    def test_without_field_negatives_the_gate_does_not_pass(self, setup: Setup) -> None:
+        add_samples(spool_dir(setup.tmp), [(jpeg(photo("robin", 77)), "robin", "user",
+                                            ["corrected"])])
+        run_sync(setup.config, "pull")
+        run_sync(setup.config, "train")
+        report = run_json(setup.config, "evaluate")
+        assert report["gate"] == "fail"
+        assert "no field negatives" in report["reasons"][0]
+
+    def test_the_alert_threshold_comes_from_the_device_config(self, setup: Setup) -> None:
+        text = setup.config.read_text() + "alert_confidence = 1.0\n"
+        setup.config.write_text(text)
+        report = run_json(setup.config, "evaluate", "--negatives",
+                          str(negatives_folder(setup.tmp / "squirrels")))
+        assert report["candidate"]["false_alerts"] == 0
+
+
+def score(recall: dict[str, float], alerts: int, total: int = 10, n: int = 50) -> Score:
+    confusion = {name: {name: round(r * n), "other": n - round(r * n)}
+                 for name, r in recall.items()}
+    return Score("v", [*recall, "other"], ["other"], confusion, recall, 0.9, total, alerts, 0,
+                 0)
+
+
+class TestGate:
+    def test_fewer_false_alerts_and_steady_recall_pass(self) -> None:
+        passed, reasons = gate(score({"robin": 0.9}, 2), score({"robin": 0.9}, 6), 0.02)
+        assert passed is True and "6 -> 2" in reasons[0]
+
+    def test_false_alerts_that_do_not_go_down_fail(self) -> None:
+        passed, reasons = gate(score({"robin": 0.9}, 6), score({"robin": 0.9}, 6), 0.02)
+        assert passed is False and "did not go down" in reasons[0]
+
+    def test_a_species_recall_drop_beyond_tolerance_fails(self) -> None:
+        passed, reasons = gate(score({"robin": 0.8, "jay": 0.9}, 1),
+                               score({"robin": 0.9, "jay": 0.9}, 6), 0.02)
+        assert passed is False and any("recall of robin fell" in r for r in reasons)
+
+    def test_a_drop_within_tolerance_passes(self) -> None:
+        passed, _ = gate(score({"robin": 0.88}, 1, n=100), score({"robin": 0.9}, 6, n=100),
+                         0.05)
+        assert passed is True
+
+    def test_a_single_image_is_noise_not_a_regression(self) -> None:
+        passed, reasons = gate(score({"robin": 13 / 14}, 1, n=14), score({"robin": 1.0}, 6,
+                                                                          n=14), 0.02)
+        assert passed is True and "within noise" in reasons[1]
+
+    def test_the_first_model_has_nothing_to_compare_with(self) -> None:
+        assert gate(score({"robin": 0.9}, 1), None, 0.02)[0] is None
+
+    def test_the_confusion_table_has_a_row_per_true_label(self) -> None:
+        table = confusion_table(score({"robin": 0.9, "jay": 0.8}, 0))
+        assert table.splitlines()[2].split()[:3] == ["robin", "45", "0"]
+
+
+class TestFaithfulness:
+    def test_a_saved_head_that_disagrees_with_its_bundle_is_not_trusted(self, setup: Setup
+                                                                         ) -> None:
+        from feederd.sync.train import Head
+
+        trusted = run_json(setup.config, "evaluate")["candidate"]
+        [saved] = (setup.workspace / "models").glob("*.head.npz")
+        head = Head.load(saved)
+        assert head is not None
+        head.weights = -head.weights
+        head.save(saved)
+        proc = run_sync(setup.config, "evaluate", "--json")
+        assert "disagrees with its saved head" in proc.stderr
+        assert json.loads(proc.stdout)["candidate"]["confusion"] == trusted["confusion"]

@@ -1,0 +1,181 @@
+"""feeder-sync init and train: real embeddings, real scikit-learn, real bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from feederd.bundle import read_bundle
+from feederd.classifier import Classifier
+from feederd.errors import SyncError
+from feederd.sync.dataset import Item, VectorCache, scan_folder, split
+from feederd.sync.train import cap_negatives, check_labels, fit_head, train
+from feederd.sync.workspace import TrainingConfig, Workspace
+from sync.conftest import COUNTS, Setup, init_args
+from sync.helpers import add_samples, jpeg, photo, run_json, run_sync, spool_dir, sync_config
+
+CFG = TrainingConfig.model_validate({})
+
+
+def squirrels(count: int, label: str = "other", seed: int = 500
+              ) -> list[tuple[bytes, str, str, list[str]]]:
+    return [(jpeg(photo("squirrel", seed + n)), label, "user", ["rejected"])
+            for n in range(count)]
+
+
+def pulled(setup: Setup, samples: list[tuple[bytes, str, str, list[str]]]) -> None:
+    add_samples(spool_dir(setup.tmp), samples)
+    run_sync(setup.config, "pull")
+
+
+def state(setup: Setup) -> dict[str, object]:
+    return json.loads((setup.workspace / "state.json").read_text())
+
+
+class TestInit:
+    def test_init_builds_an_evaluated_baseline_bundle(self, setup: Setup) -> None:
+        st = state(setup)
+        version = st["baseline"]
+        bundle = read_bundle(setup.workspace / "models" / f"{version}.onnx")
+        assert bundle.labels == ("jay", "other", "robin")
+        assert bundle.negative_labels == {"other"}
+        assert bundle.parent_version is None and bundle.created
+        assert sum(bundle.trained_on.values()) == sum(COUNTS.values()) // 2
+        assert bundle.metrics["mean_species_recall"] > 0.8
+        assert st["models"][version]["gate"] == "n/a"
+        assert (setup.workspace / "reports" / version / "report.md").exists()
+
+    def test_a_negative_label_without_a_folder_is_bad_input(self, tmp_path: Path,
+                                                            backbone: Path,
+                                                            dataset: Path) -> None:
+        args = init_args(backbone, dataset)
+        args[args.index("other")] = "squirrel"
+        proc = run_sync(sync_config(tmp_path), *args, check=False)
+        assert proc.returncode == 2 and "squirrel" in proc.stderr
+
+    def test_a_missing_embedding_tensor_is_named(self, tmp_path: Path, backbone: Path,
+                                                 dataset: Path) -> None:
+        args = init_args(backbone, dataset)
+        args[args.index("features")] = "fire9/concat_1"
+        proc = run_sync(sync_config(tmp_path), *args, check=False)
+        assert proc.returncode == 2 and "no tensor named 'fire9/concat_1'" in proc.stderr
+
+    def test_the_split_is_stable_and_keeps_a_training_image_per_label(
+            self, dataset: Path) -> None:
+        items = scan_folder(dataset)
+        forward, backward = split(items, 0.5, 0), split(list(reversed(items)), 0.5, 0)
+        assert [sorted(i.key for i in part) for part in forward] == \
+            [sorted(i.key for i in part) for part in backward]
+        train_items, test_items = split(items[:1] + items[30:31], 0.9, 0)
+        assert len(train_items) == 2 and test_items == []
+
+
+class TestTrain:
+    def test_mined_samples_join_the_training_with_full_metadata(self, setup: Setup) -> None:
+        pulled(setup, squirrels(6))
+        result = run_json(setup.config, "train")
+        bundle = read_bundle(Path(result["file"]))
+        assert bundle.version == result["version"]
+        assert bundle.parent_version == state(setup)["baseline"]
+        assert bundle.trained_on["other_field"] == 6
+        assert "other_field" in bundle.negative_labels
+        assert set(bundle.metrics) >= {"holdout_accuracy", "mean_species_recall", "recall"}
+        assert result["mined_used"] == 6
+
+    def test_field_negatives_can_stay_in_their_base_class(self, setup: Setup) -> None:
+        pulled(setup, squirrels(4))
+        ws = Workspace(setup.tmp / "workspace", "feeder")
+        result = train(ws, CFG.model_copy(update={"field_class": False}))
+        assert result.labels == ["jay", "other", "robin"]
+        assert result.trained_on["other"] == 20 + 4
+
+    def test_the_bundle_gives_the_heads_probabilities_and_the_raw_embedding(
+            self, setup: Setup) -> None:
+        ws = Workspace(setup.tmp / "workspace", "feeder")
+        result = train(ws, CFG)
+        model = Classifier(result.path)
+        images = [photo("robin", 12345), photo("jay", 12346)]
+        probs, embedding = model.classify_batch(images)
+        assert embedding is not None and embedding.shape == (2, 16)
+        head = fit_head(np.vstack([embedding, embedding]), ["robin", "jay"] * 2,
+                        result.labels, CFG)
+        assert head.probs(embedding).shape == probs.shape
+
+    def test_only_new_images_are_embedded(self, setup: Setup) -> None:
+        first = run_json(setup.config, "train")
+        assert first["newly_embedded"] == 0
+        pulled(setup, squirrels(3))
+        second = run_json(setup.config, "train")
+        assert second["newly_embedded"] == 3
+
+    def test_embeddings_are_cached_by_content_hash(self, setup: Setup) -> None:
+        cache = VectorCache(setup.workspace / "embeddings.db")
+        key = state(setup)["init"]["embedder_key"]
+        try:
+            assert cache.count(key) == sum(COUNTS.values())
+        finally:
+            cache.close()
+
+    def test_labels_the_base_dataset_lacks_are_a_clear_error(self, setup: Setup) -> None:
+        pulled(setup, squirrels(3, label="squirrel"))
+        proc = run_sync(setup.config, "train", check=False)
+        assert proc.returncode == 2
+        assert "labels the base dataset lacks: squirrel (3 samples)" in proc.stderr
+        assert "--allow-new-class" in proc.stderr
+        assert state(setup)["candidate"] == state(setup)["baseline"]
+
+    def test_a_lookalike_can_be_a_new_negative_class(self, setup: Setup) -> None:
+        pulled(setup, squirrels(5, label="squirrel"))
+        result = run_json(setup.config, "train", "--allow-new-class",
+                          "--negative-label", "squirrel")
+        bundle = read_bundle(Path(result["file"]))
+        assert "squirrel" in bundle.labels and "squirrel" in bundle.negative_labels
+        again = run_json(setup.config, "train", "--allow-new-class")
+        assert "squirrel" in read_bundle(Path(again["file"])).negative_labels
+
+    def test_train_before_init_says_what_to_do(self, tmp_path: Path) -> None:
+        proc = run_sync(sync_config(tmp_path), "train", check=False)
+        assert proc.returncode == 2 and "feeder-sync init" in proc.stderr
+
+
+def items(labels: dict[str, int], source: str = "base") -> list[Item]:
+    return [Item(Path(f"{label}{n}.jpg"), label, source, f"{source}:{label}{n}")
+            for label, count in labels.items() for n in range(count)]
+
+
+class TestNegativeCap:
+    def test_negatives_are_capped_per_positive(self) -> None:
+        kept, dropped = cap_negatives(items({"robin": 5, "jay": 5, "other": 100}), {"other"},
+                                      3, seed=0)
+        assert sum(i.label == "other" for i in kept) == 30 and dropped == 70
+        assert sum(i.label != "other" for i in kept) == 10
+
+    def test_field_negatives_are_kept_first(self) -> None:
+        data = items({"robin": 2, "other": 50}) + items({"other": 5}, "mined")
+        kept, _ = cap_negatives(data, {"other"}, 3, seed=0)
+        assert sum(i.source == "mined" for i in kept) == 5
+        assert sum(i.label == "other" for i in kept) == 6
+
+    def test_under_the_cap_nothing_is_dropped(self) -> None:
+        data = items({"robin": 10, "other": 20})
+        assert cap_negatives(data, {"other"}, 3, seed=0) == (data, 0)
+
+    def test_every_negative_class_counts_towards_the_cap(self) -> None:
+        kept, _ = cap_negatives(items({"robin": 2, "other": 10, "squirrel": 10}),
+                                {"other", "squirrel"}, 2, seed=1)
+        assert sum(i.label != "robin" for i in kept) == 4
+
+
+class TestLabels:
+    def test_known_labels_keep_their_order(self) -> None:
+        assert check_labels(["jay", "other"], items({"other": 1}, "mined"), False) == \
+            ["jay", "other"]
+
+    def test_new_labels_need_permission(self) -> None:
+        with pytest.raises(SyncError, match="cardinal"):
+            check_labels(["jay"], items({"cardinal": 2}, "mined"), False)
+        assert check_labels(["jay"], items({"cardinal": 2}, "mined"), True) == \
+            ["jay", "cardinal"]
