@@ -58,6 +58,11 @@ class CameraConfig(Section):
                                 "of empty background between images, so each forms a visit.")
     jitter_px: int = Field(3, ge=0, le=64, description="Image-folder replay: shift each shown "
                            "frame by up to this many pixels, as a moving animal would.")
+    folder_fill: float = Field(0.8, ge=0.3, le=0.98, description="Image-folder replay: share "
+                               "of the frame an image fills (the rest is the grey 'feeder'). "
+                               "Near 1 with crop = 'full' classifies the photos almost as "
+                               "taken; over motion.max_area, an image's arrival counts as a "
+                               "lighting change and its jitter opens the visit.")
     reconnect_min_s: float = Field(1.0, gt=0, le=600, description="First reconnect delay.")
     reconnect_max_s: float = Field(60.0, gt=0, le=3600, description="Longest reconnect delay.")
 

@@ -155,7 +155,7 @@ class TestDemoModel:
         assert validate_bundle(DEMO).version == "demo-1"
 
     def test_the_bundled_demo_files_are_found(self) -> None:
-        assert demo_model_path() == DEMO
+        assert demo_model_path().resolve() == DEMO.resolve()
         assert demo_clip_path().stat().st_size > 100_000
 
     def test_each_visit_of_the_demo_clip_gets_its_label(self, demo: Classifier,

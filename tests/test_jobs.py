@@ -223,16 +223,16 @@ def test_the_model_watch_asks_the_daemon_to_check_its_model_each_period(
     wait_until(lambda: target.model_checks >= 2, 10, "two model checks")
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="Jobs.maintain calls Spool.maintain(), which the spool does not have "
-                   "(yet): the daily job only logs an AttributeError")
 def test_maintenance_runs_the_spools_sqlite_maintenance_and_keeps_every_sample(
         tmp_path: Path) -> None:
     with open_spool(tmp_path / "spool") as spool:
         for seq in range(10):
             spool.put(candidate(seq), jpeg(seq), "m1")
         spool.flush()
+        wal = tmp_path / "spool" / "spool.db-wal"
+        assert wal.stat().st_size > 0
         Jobs(jobs_config(), Target(spool, RecentVisits(2**20, 3600.0, 90))).maintain()
+        assert wal.stat().st_size == 0  # the WAL was folded into the index
         assert len(spool.ls(limit=100)) == 10
 
 

@@ -5,10 +5,10 @@ The timeline is: ``folder_gap_s`` of plain mid-grey "empty feeder", then the fir
 forms a visit of its own and the last visit closes before the replay ends. Each shown frame is
 shifted by a small deterministic jitter (up to ``jitter_px``), as a moving animal would be.
 
-Every frame has the configured size. An image is scaled to fit ``_FILL`` of the frame in each
-direction and centred on the same grey, like an animal in front of a plain background: its
-arrival then changes at most ~64% of the frame, which the motion gate takes for an animal and
-not for a lighting change, and the motion box frames the photo.
+Every frame has the configured size. An image is scaled to fit ``folder_fill`` (default 0.8)
+of the frame in each direction and centred on the same grey, like an animal in front of a
+plain background: its arrival then changes at most ~64% of the frame, which the motion gate
+takes for an animal and not for a lighting change, and the motion box frames the photo.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff",
                             ".ppm", ".pgm", ".pbm", ".jp2"})
 BACKGROUND_GREY = 128
-_FILL = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +63,9 @@ def list_images(folder: Path) -> list[Path]:
     return images
 
 
-def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``image`` scaled (aspect kept) to fit ``_FILL`` of a ``width`` x ``height`` frame."""
-    scale = min(width * _FILL / image.shape[1], height * _FILL / image.shape[0])
+def fit_image(image: np.ndarray, width: int, height: int, fill: float = 0.8) -> np.ndarray:
+    """``image`` scaled (aspect kept) to fit ``fill`` of a ``width`` x ``height`` frame."""
+    scale = min(width * fill / image.shape[1], height * fill / image.shape[0])
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     shrink = scale < 1
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
@@ -159,7 +158,7 @@ class FolderSource:
             logger.warning("%s: cannot decode this image; skipped", path)
             self._unreadable.add(path)
             return None
-        return fit_image(image, self._cfg.width, self._cfg.height)
+        return fit_image(image, self._cfg.width, self._cfg.height, self._cfg.folder_fill)
 
     def _render(self, step: _Shown) -> np.ndarray:
         frame = self._background.copy()
