@@ -31,7 +31,7 @@ import pytest
 from brokers import Mosquitto, Probe, wait_until
 from daemonproc import DaemonProcess, write_config
 from sync.helpers import FEEDERD, run_json, run_sync
-from sync.test_scenario import label_of, link_files
+from sync.test_scenario import link_birds, link_files
 
 from feederd.capture.folder import FolderSource
 from feederd.classifier import Classifier
@@ -52,16 +52,6 @@ REPLAY = {
                "folder_fill": 0.95, "realtime": False},
     "classifier": {"crop": "full"},
 }
-
-
-def link_birds(shared: Path, out: Path) -> Path:
-    """``out/<label>/<fine>__<file>``: symlinks to the shared bird photos, never copies."""
-    for folder in sorted((shared / "images" / "bird").iterdir()):
-        target = out / label_of(folder.name)
-        target.mkdir(parents=True, exist_ok=True)
-        for photo in sorted(folder.iterdir()):
-            (target / f"{folder.name}__{photo.name}").symlink_to(photo)
-    return out
 
 
 class AlertsByImage:
