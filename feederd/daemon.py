@@ -112,7 +112,8 @@ class Daemon:
         if self._mqtt is not None:
             m = self.settings.mqtt
             handlers.append(LinkEvents(self._mqtt, m.snapshot_width, m.snapshot_quality))
-        self.events = EventQueue(handlers)
+        # A replay as fast as possible has no live camera to keep up with: lose nothing.
+        self.events = EventQueue(handlers, lossless=not self.settings.camera.realtime)
 
     def _init_pipeline(self) -> None:
         s = self.settings

@@ -3,7 +3,8 @@
 The frame loop must never wait on I/O, so it only puts events on a bounded queue; one worker
 thread delivers them to the handlers in order. Per-frame events are dropped (and counted)
 when the queue is full; alerts and visit summaries wait briefly for room, because losing them
-would be visible to the owner.
+would be visible to the owner. A replay run as fast as possible (``lossless``) has no live
+camera to keep up with, so there the frame loop waits for room instead of dropping.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ class EventQueue:
     _STOP = object()
 
     def __init__(self, handlers: Sequence[PipelineEvents], maxsize: int = 256,
-                 important_wait_s: float = 2.0) -> None:
+                 important_wait_s: float = 2.0, lossless: bool = False) -> None:
         self._handlers = list(handlers)
+        self._lossless = lossless
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self._wait = important_wait_s
         self._thread = threading.Thread(target=self._work, name="feederd-events", daemon=True)
@@ -60,6 +62,9 @@ class EventQueue:
         self._thread.join(timeout)
 
     def on_classified(self, frame: ClassifiedFrame) -> None:
+        if self._lossless:
+            self._queue.put(("on_classified", (frame,)))
+            return
         try:
             self._queue.put_nowait(("on_classified", (frame,)))
         except queue.Full:
@@ -73,7 +78,7 @@ class EventQueue:
 
     def _put_important(self, method: str, args: tuple[Any, ...]) -> None:
         try:
-            self._queue.put((method, args), timeout=self._wait)
+            self._queue.put((method, args), timeout=None if self._lossless else self._wait)
         except queue.Full:
             self.dropped += 1
             logger.error("event queue full: %s dropped; a consumer is stuck", method)
