@@ -54,8 +54,10 @@ class CameraConfig(Section):
     loop: bool = Field(False, description="Restart a replayed file or folder at its end.")
     frames_per_image: int = Field(5, ge=1, le=1000, description="Image-folder replay: frames "
                                   "each image is shown for.")
-    folder_gap_s: float = Field(4.0, ge=0, le=600, description="Image-folder replay: seconds "
-                                "of empty background between images, so each forms a visit.")
+    folder_gap_s: float = Field(8.0, ge=0, le=600, description="Image-folder replay: seconds "
+                                "of empty background between images, so each forms a visit "
+                                "(the background takes a few seconds to forget a photo, then "
+                                "motion.close_after_s must pass).")
     jitter_px: int = Field(3, ge=0, le=64, description="Image-folder replay: shift each shown "
                            "frame by up to this many pixels, as a moving animal would.")
     folder_fill: float = Field(0.8, ge=0.3, le=0.98, description="Image-folder replay: share "

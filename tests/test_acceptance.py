@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from brokers import Mosquitto, Probe, wait_until
 from daemonproc import DaemonProcess, write_config
-from sync.helpers import FEEDERD, run_json, run_sync
+from sync.helpers import FEEDERD, feederd, run_json, run_sync
 from sync.test_scenario import link_birds, link_files
 
 from feederd.capture.folder import FolderSource
@@ -48,8 +48,9 @@ DEVICE = "feeder"
 TOPIC = f"feederd/{DEVICE}"
 
 REPLAY = {
-    "camera": {"width": 640, "height": 480, "frames_per_image": 10, "folder_gap_s": 3.5,
+    "camera": {"width": 640, "height": 480, "frames_per_image": 10, "folder_gap_s": 6.0,
                "folder_fill": 0.95, "realtime": False},
+    "motion": {"close_after_s": 1.5},
     "classifier": {"crop": "full"},
 }
 
@@ -178,9 +179,10 @@ def test_rejected_squirrels_retrain_the_model_and_cut_false_alerts(
         started = time.monotonic()
         summary = run_json(sync_config, "loop")
         loop_seconds = time.monotonic() - started
-        assert summary["pushed"], (len(replied), summary["evaluation"]["reasons"],
-                                   summary["pulled"], summary["evaluation"]["candidate"],
-                                   summary["evaluation"]["reference"])
+        assert summary["pushed"], json.dumps({
+            "replies": len(replied), "reasons": summary["evaluation"]["reasons"],
+            "pulled": summary["pulled"], "trained": summary["trained"],
+            "spool": json.loads(feederd(daemon_config, "spool", "stats", "--json").stdout)})
         new_version = summary["trained"]["version"]
         wait_until(lambda: any(json.loads(m.payload).get("version") == new_version
                                for m in watcher.on(f"{TOPIC}/model")), 60, "model reload")

@@ -586,7 +586,7 @@ class TestExportAndAck:
         try:
             wait_until(lambda: len(spool_ls(config, missing_ok=True)) >= 5, 60, "samples")
             for _ in range(3):
-                wait_until(lambda: len(spool_ls(config)) > seen, 60, "more samples")
+                wait_until(lambda n=seen: len(spool_ls(config)) > n, 60, "more samples")
                 done = cli(config, "spool", "export", "--since", "0")
                 assert done.returncode == 0, done.stderr.decode()
                 members, manifest, pax = untar(done.stdout)
