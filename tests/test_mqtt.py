@@ -360,15 +360,17 @@ def test_tls_with_the_test_ca_connects(
     probe = Probe(broker, TOPICS.alert, ca_certs=str(pki.ca))
     link = connected(make_link(config(broker.port, tls=True, ca_file=str(pki.ca))))
     raise_alert(link, recorder)
-    probe.wait_for(TOPICS.alert)
+    assert len(probe.wait_for(TOPICS.alert)) == 1
 
 
 def test_tls_with_a_client_certificate_connects(
         make_broker: Callable[..., Mosquitto], make_link: Callable[..., MqttLink],
         pki: Pki) -> None:
     broker = make_broker(pki=pki, require_certificate=True)
-    connected(make_link(config(broker.port, tls=True, ca_file=str(pki.ca),
-                               cert_file=str(pki.client_cert), key_file=str(pki.client_key))))
+    link = connected(make_link(config(broker.port, tls=True, ca_file=str(pki.ca),
+                                      cert_file=str(pki.client_cert),
+                                      key_file=str(pki.client_key))))
+    assert link.connected and link.counters()["connect_failures"] == 0
 
 
 def test_tls_with_the_wrong_ca_logs_each_failed_attempt_and_keeps_trying(
@@ -404,7 +406,9 @@ def test_an_unloadable_client_key_is_an_error_naming_the_keys(
 def test_the_right_password_connects(
         make_broker: Callable[..., Mosquitto], make_link: Callable[..., MqttLink]) -> None:
     broker = make_broker(users={"feeder": "correct horse"})
-    connected(make_link(config(broker.port, username="feeder"), password="correct horse"))
+    link = connected(make_link(config(broker.port, username="feeder"),
+                               password="correct horse"))
+    assert link.connected and link.counters()["connect_failures"] == 0
 
 
 def test_a_wrong_password_is_retried_with_backoff_and_never_logged(
