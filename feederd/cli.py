@@ -89,7 +89,7 @@ def _demo(args: argparse.Namespace, state: Path) -> int:
     }
     settings = _settings(args, **overrides)
     setup_logging(settings.logging)
-    return Daemon(settings, demo=True, alert_stream=sys.stdout, visits_to_stream=args.visits).run()
+    return Daemon(settings, alert_stream=sys.stdout, visits_to_stream=args.visits).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -61,11 +61,9 @@ def _copy_fields(source: Any, target: Any) -> None:
 class Daemon:
     """Owns every stage; ``run()`` returns the process exit code."""
 
-    def __init__(self, settings: Settings, *, demo: bool = False,
-                 alert_stream: IO[str] | None = None, visits_to_stream: bool = False,
-                 config_path: Path | None = None) -> None:
+    def __init__(self, settings: Settings, *, alert_stream: IO[str] | None = None,
+                 visits_to_stream: bool = False, config_path: Path | None = None) -> None:
         self.settings = settings
-        self._demo = demo
         self._alert_stream = alert_stream
         self._visits_to_stream = visits_to_stream
         self._config_path = config_path
@@ -248,6 +246,7 @@ class Daemon:
         self.pipeline.swap_classifier(new)
         self.collector.set_bundle(new.bundle)
         if self._mqtt is not None:
+            self._mqtt.set_labels(new.bundle.labels)
             self._mqtt.publish_model(new.bundle.describe())
         return True
 
