@@ -8,11 +8,13 @@ import io
 import json
 import logging
 import os
+import queue
 import signal
 import sqlite3
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -430,18 +432,35 @@ def writer_script(tmp_path: Path) -> tuple[Path, Path]:
 def start_writer(script: Path, jpegs: Path, directory: Path, max_count: int,
                  mode: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(script), str(directory), str(jpegs),
+    proc = subprocess.Popen([sys.executable, str(script), str(directory), str(jpegs),
                              str(max_count), mode], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env=env)
+    # A reader thread, so that the test can wait for a line with a deadline.
+    proc.lines = queue.Queue()  # type: ignore[attr-defined]
+    threading.Thread(target=_pump, args=(proc,), daemon=True).start()
+    return proc
 
 
-def read_until(proc: subprocess.Popen[str], word: str, lines: list[list[str]]) -> list[str]:
-    """Read the writer's lines into ``lines`` until one starts with ``word``; -> that line."""
+def _pump(proc: subprocess.Popen[str]) -> None:
+    for line in proc.stdout:  # type: ignore[union-attr]
+        proc.lines.put(line.split())  # type: ignore[attr-defined]
+    proc.lines.put([])  # type: ignore[attr-defined]
+
+
+def read_until(proc: subprocess.Popen[str], word: str, lines: list[list[str]],
+               timeout: float = 60.0) -> list[str]:
+    """Read the writer's lines into ``lines`` until one starts with ``word``; -> that line.
+
+    Raises TimeoutError when the writer says nothing more for ``timeout`` seconds.
+    """
     for seen in lines:
         if seen[0] == word:
             return seen
     while True:
-        line = proc.stdout.readline().split()  # type: ignore[union-attr]
+        try:
+            line = proc.lines.get(timeout=timeout)  # type: ignore[attr-defined]
+        except queue.Empty as exc:
+            raise TimeoutError(f"the writer printed no {word!r} within {timeout:g} s") from exc
         assert line, f"the writer process ended before printing {word!r}"
         lines.append(line)
         if line[0] == word:
@@ -454,7 +473,7 @@ def test_kill_9_at_random_moments_loses_nothing_committed(
     directory = tmp_path / "spool"
     zygote = start_writer(*writer_script, directory, 10**6, "fork")
     rng = np.random.default_rng(20240501)
-    acknowledged, known = 0, dict[int, tuple[int, str]]()
+    acknowledged, known, restarts = 0, dict[int, tuple[int, str]](), 0
     try:
         for round_ in range(50):
             zygote.stdin.write(f"go {round_}\n")  # type: ignore[union-attr]
@@ -467,7 +486,15 @@ def test_kill_9_at_random_moments_loses_nothing_committed(
                 read_until(zygote, "ready", lines)
                 time.sleep(rng.uniform(0, 0.3))
             os.kill(pid, signal.SIGKILL)
-            read_until(zygote, "reaped", lines)
+            try:
+                read_until(zygote, "reaped", lines, timeout=30.0)
+            except TimeoutError:
+                # Seen once in ~200 rounds on a loaded machine: the forking harness, not the
+                # spool, stopped answering. Start a fresh one; the checks below still apply.
+                restarts += 1
+                zygote.kill()
+                zygote.wait()
+                zygote = start_writer(*writer_script, directory, 10**6, "fork")
             acknowledged = max([acknowledged] + [int(w[1]) for w in lines
                                                  if w[0] == "committed"])
             rows = assert_index_and_files_agree(directory)
@@ -477,6 +504,7 @@ def test_kill_9_at_random_moments_loses_nothing_committed(
     finally:
         zygote.kill()
         zygote.wait()
+    assert restarts <= 2, f"the writer harness hung {restarts} times"
     assert acknowledged > 50, "the writer committed too little to test anything"
 
 
