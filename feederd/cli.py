@@ -22,7 +22,7 @@ from feederd.errors import ConfigError, FeederError, MqttError, TransportError
 if TYPE_CHECKING:
     import numpy as np
 
-    from feederd.feedback import Verdict
+    from feederd.mqtt.feedback import Verdict
 
 logger = logging.getLogger(__name__)
 

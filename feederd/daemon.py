@@ -21,16 +21,16 @@ from feederd.assets import demo_clip_path, demo_model_path
 from feederd.capture import open_source
 from feederd.capture.base import FrameSource
 from feederd.classifier import Classifier
-from feederd.collector import Collector
 from feederd.config import Settings, load_settings
 from feederd.events import EventQueue, JsonLinesSink, LinkEvents
 from feederd.jobs import Jobs
 from feederd.logsetup import setup_logging
+from feederd.mining.collector import Collector
+from feederd.mining.recent import RecentVisits
 from feederd.modelstore import ModelStore, store_for
 from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.notify import SystemdNotifier
 from feederd.pipeline import Pipeline
-from feederd.recent import RecentVisits
 from feederd.spool import Spool
 from feederd.visits import VisitTracker
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
-from feederd.messages import alert_payload, visit_payload
+from feederd.mqtt.messages import alert_payload, visit_payload
 from feederd.types import Alert, ClassifiedFrame, VisitSummary
 
 logger = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ from brokers import Mosquitto, Probe, wait_until
 
 from feederd.assets import demo_model_path
 from feederd.classifier import Classifier
-from feederd.collector import Collector
 from feederd.config import HomeAssistantConfig, JobsConfig, MiningConfig, MqttConfig, SpoolConfig
 from feederd.jobs import Jobs
-from feederd.mining import Candidate, priority
+from feederd.mining.collector import Collector
+from feederd.mining.decisions import Candidate, priority
+from feederd.mining.recent import RecentVisits
 from feederd.mqtt import MqttLink
-from feederd.recent import RecentVisits
 from feederd.spool import Spool
 from feederd.types import ClassifiedFrame, Prediction
 

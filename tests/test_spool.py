@@ -26,7 +26,7 @@ import pytest
 
 from feederd.config import SpoolConfig
 from feederd.errors import SpoolError
-from feederd.mining import Candidate, Reason
+from feederd.mining.decisions import Candidate, Reason
 from feederd.spool import (
     MANIFEST_NAME,
     QUEUE_MAX_ITEMS,
@@ -378,7 +378,7 @@ import os, sys, time
 from pathlib import Path
 import numpy as np
 from feederd.config import SpoolConfig
-from feederd.mining import Candidate
+from feederd.mining.decisions import Candidate
 from feederd.spool import Spool
 from feederd.types import ClassifiedFrame, Prediction
 

@@ -3,7 +3,7 @@
 Threads. paho's network loop (``connect_async`` + ``loop_start``) runs every callback and
 reconnects with backoff. One sender thread (:class:`~feederd.mqtt.sender.OutboxSender`) takes
 the oldest message from the on-disk outbox, publishes it, and removes it only when its PUBACK
-arrives; then the next. ``publish_*`` only write to the outbox (see ``feederd.outbox`` for the
+arrives; then the next. ``publish_*`` only write to the outbox (see ``feederd.mqtt.outbox`` for the
 durability choice) and return.
 
 Locking rule: paho calls ``on_publish`` while holding its own message lock, so no paho method
@@ -28,12 +28,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from feederd.config import HomeAssistantConfig, MqttConfig
 from feederd.errors import FeedbackError
-from feederd.feedback import LATEST, Feedback, FeedbackHandler, canonical_label, parse_feedback
-from feederd.homeassistant import Topics, discovery_messages
-from feederd.messages import alert_payload, model_payload, stats_payload, to_json, visit_payload
 from feederd.mqtt.client import describe_failure, log_paho, new_client, refusal_hint
+from feederd.mqtt.feedback import LATEST, Feedback, FeedbackHandler, canonical_label, parse_feedback
+from feederd.mqtt.homeassistant import Topics, discovery_messages
+from feederd.mqtt.messages import (
+    alert_payload,
+    model_payload,
+    stats_payload,
+    to_json,
+    visit_payload,
+)
+from feederd.mqtt.outbox import Outbox, OutMessage
 from feederd.mqtt.sender import OutboxSender
-from feederd.outbox import Outbox, OutMessage
 from feederd.types import Alert, VisitSummary
 
 # The package's name, as before feederd.mqtt became a package: log lines and

@@ -18,9 +18,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from feederd.config import MqttConfig
 from feederd.errors import MqttError
-from feederd.feedback import Verdict, reply_payload
-from feederd.homeassistant import Topics
 from feederd.mqtt.client import describe_failure, new_client, refusal_hint
+from feederd.mqtt.feedback import Verdict, reply_payload
+from feederd.mqtt.homeassistant import Topics
 
 
 class _ConnectWait:

@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from feederd.config import MqttConfig
 from feederd.errors import MqttError
-from feederd.outbox import Outbox, OutMessage, Queued
+from feederd.mqtt.outbox import Outbox, OutMessage, Queued
 
 # The package's name, as before feederd.mqtt became a package: log lines and
 # ``[logging] levels`` keep naming it.
@@ -51,7 +51,7 @@ class _InFlight:
 class OutboxSender:
     """The sending half of :class:`~feederd.mqtt.link.MqttLink` (its only subclass).
 
-    The link's ``publish_*`` only write to the outbox (see ``feederd.outbox`` for the
+    The link's ``publish_*`` only write to the outbox (see ``feederd.mqtt.outbox`` for the
     durability choice) and return; this thread does the rest.
     """
 

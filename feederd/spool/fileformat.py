@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from feederd.errors import SpoolError
-from feederd.mining import Candidate
+from feederd.mining.decisions import Candidate
 
 LOCK_NAME = "spool.lock"
 SAMPLES_DIR = "samples"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from feederd.imagehash import from_signed, to_signed
+from feederd.mining.imagehash import from_signed, to_signed
 from feederd.spool.fileformat import FORMAT, sample_file
 
 DB_NAME = "spool.db"

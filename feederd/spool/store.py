@@ -21,8 +21,8 @@ from typing import Any, BinaryIO, get_args
 
 from feederd.config import MiningConfig, SpoolConfig
 from feederd.errors import SpoolError
-from feederd.imagehash import HashIndex, from_signed
-from feederd.mining import Reason, label_rank, priority
+from feederd.mining.decisions import Reason, label_rank, priority
+from feederd.mining.imagehash import HashIndex, from_signed
 from feederd.spool.export import export_tar
 from feederd.spool.fileformat import SAMPLES_DIR, sample_files, take_lock
 from feederd.spool.index import (

@@ -21,8 +21,8 @@ from typing import Any
 
 from feederd.config import SpoolConfig
 from feederd.errors import SpoolError
-from feederd.imagehash import HashIndex
-from feederd.mining import Candidate, label_rank
+from feederd.mining.decisions import Candidate, label_rank
+from feederd.mining.imagehash import HashIndex
 from feederd.spool.fileformat import (
     SOI,
     embed_metadata,

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from feederd.config import SpoolConfig
-from feederd.mining import Candidate
+from feederd.mining.decisions import Candidate
 from feederd.spool import Spool
 from feederd.types import ClassifiedFrame, Prediction
 

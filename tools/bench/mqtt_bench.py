@@ -31,9 +31,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from feederd.config import HomeAssistantConfig, MqttConfig
-from feederd.feedback import Feedback
 from feederd.mqtt import MqttLink
-from feederd.outbox import Outbox, OutMessage
+from feederd.mqtt.feedback import Feedback
+from feederd.mqtt.outbox import Outbox, OutMessage
 from feederd.types import Alert, new_event_id
 
 SNAPSHOT = bytes(60_000)

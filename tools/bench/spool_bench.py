@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from feederd.config import MiningConfig, SpoolConfig  # noqa: E402
-from feederd.mining import Candidate, feedback_frames, mine_visit  # noqa: E402
-from feederd.recent import RecentVisits  # noqa: E402
+from feederd.mining.decisions import Candidate, feedback_frames, mine_visit  # noqa: E402
+from feederd.mining.recent import RecentVisits  # noqa: E402
 from feederd.spool import Spool  # noqa: E402
 from feederd.spool import index as spool_module  # noqa: E402
 from feederd.types import Box, ClassifiedFrame, Prediction  # noqa: E402

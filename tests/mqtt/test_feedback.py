@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feederd.errors import FeedbackError
-from feederd.feedback import (
+from feederd.mqtt.feedback import (
     LATEST,
     MAX_LABEL_CHARS,
     VERDICTS,

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from feederd.config import HomeAssistantConfig, MqttConfig
-from feederd.feedback import LATEST, parse_feedback
-from feederd.homeassistant import BUTTON_PAYLOAD, Topics, discovery_messages
+from feederd.mqtt.feedback import LATEST, parse_feedback
+from feederd.mqtt.homeassistant import BUTTON_PAYLOAD, Topics, discovery_messages
 
 MQTT = MqttConfig(device_id="feeder.garden-1", prefix="feederd")
 HA = HomeAssistantConfig()

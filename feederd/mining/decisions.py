@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from feederd.config import MiningConfig
-from feederd.feedback import Verdict
-from feederd.imagehash import dhash, hamming
+from feederd.mining.imagehash import dhash, hamming
+from feederd.mqtt.feedback import Verdict
 from feederd.types import ClassifiedFrame
 
 Reason = Literal["low_margin", "rejected", "corrected", "confirmed", "flicker_negative",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from feederd.errors import MqttError
-from feederd.outbox import Outbox, OutMessage
+from feederd.mqtt.outbox import Outbox, OutMessage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,7 +118,7 @@ def test_committed_messages_survive_kill_9(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from feederd.outbox import Outbox, OutMessage
+        from feederd.mqtt.outbox import Outbox, OutMessage
         box = Outbox(Path({str(path)!r}), 1000)
         for n in range(50):
             box.put([OutMessage("t/alert", b"m%d" % n)])

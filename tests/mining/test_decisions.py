@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from feederd.config import MiningConfig
-from feederd.imagehash import HashIndex, dhash, hamming
-from feederd.mining import feedback_frames, mine_feedback, mine_visit, priority
+from feederd.mining.decisions import feedback_frames, mine_feedback, mine_visit, priority
+from feederd.mining.imagehash import HashIndex, dhash, hamming
 from feederd.types import ClassifiedFrame, Prediction
 
 NEGATIVE = frozenset({"background", "squirrel"})

@@ -21,9 +21,9 @@ from brokers import WAIT_S, Mosquitto, Pki, Probe, TcpGate, free_port, wait_unti
 
 from feederd.config import HomeAssistantConfig, MqttConfig
 from feederd.errors import FeedbackError, MqttError
-from feederd.feedback import Feedback, reply_payload
-from feederd.homeassistant import BUTTON_PAYLOAD, Topics
 from feederd.mqtt import MqttLink, probe_broker, send_reply
+from feederd.mqtt.feedback import Feedback, reply_payload
+from feederd.mqtt.homeassistant import BUTTON_PAYLOAD, Topics
 from feederd.types import Alert, VisitSummary, new_event_id
 
 REPO = Path(__file__).resolve().parent.parent

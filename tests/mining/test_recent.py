@@ -7,7 +7,7 @@ import threading
 import cv2
 import numpy as np
 
-from feederd.recent import RecentVisits
+from feederd.mining.recent import RecentVisits
 from feederd.types import ClassifiedFrame, Prediction
 
 SIDE = 64

@@ -17,9 +17,9 @@ from typing import Any
 from feederd.bundle import Bundle
 from feederd.config import MiningConfig
 from feederd.errors import FeedbackError
-from feederd.feedback import LATEST, Feedback, canonical_label
-from feederd.mining import Candidate, feedback_frames, mine_feedback, mine_visit
-from feederd.recent import RecentVisits
+from feederd.mining.decisions import Candidate, feedback_frames, mine_feedback, mine_visit
+from feederd.mining.recent import RecentVisits
+from feederd.mqtt.feedback import LATEST, Feedback, canonical_label
 from feederd.spool import Spool
 from feederd.types import Alert, ClassifiedFrame, VisitSummary
 

@@ -15,7 +15,7 @@ Entities of one feeder (one device block, all unavailable while ``status`` says 
   honest "a bird was here just now".
 - *Latest snapshot* (image): the retained JPEG of the snapshot topic.
 - *Not a bird* (button): publishes ``BUTTON_PAYLOAD`` on the feedback topic, which rejects
-  the latest alert (event id ``latest``, see ``feederd.feedback``).
+  the latest alert (event id ``latest``, see ``feederd.mqtt.feedback``).
 - *False alerts rejected* and *Spool size* (sensors): read from the stats topic, whose JSON
   carries the daemon's ``false_alerts_rejected``, ``spool_bytes`` and ``spool_samples``, and
   the link's own counters under ``mqtt`` (``mqtt.alerts_rejected`` stands in when the daemon
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from feederd.config import HomeAssistantConfig, MqttConfig
-from feederd.feedback import LATEST, reply_payload
+from feederd.mqtt.feedback import LATEST, reply_payload
 
 BIRD_PRESENT_S = 60
 BUTTON_PAYLOAD = reply_payload(LATEST, "not_a_bird")
