@@ -12,6 +12,8 @@ A bundle's ``metadata_props`` carry JSON strings under keys prefixed ``feederd.`
     feederd.created          ISO 8601 time
     feederd.trained_on       {"cardinal": 120, ...}
     feederd.metrics          {"accuracy": 0.97, ...}
+    feederd.display_names    {"blue_jay": "Blue Jay", ...}        optional: names people read
+    feederd.scientific_names {"blue_jay": "Cyanocitta cristata"}  optional, where the model knows
 
 This module only parses and checks that metadata; it never imports onnxruntime, so the CLI can
 describe a bundle and the laptop side can write one without the runtime. The graph itself
@@ -26,7 +28,7 @@ import json
 import logging
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,10 +101,23 @@ class Bundle:
     trained_on: dict[str, int]
     metrics: dict[str, Any]
     sha256: str
+    display_names: dict[str, str] = field(default_factory=dict)
+    scientific_names: dict[str, str] = field(default_factory=dict)
 
     def is_negative(self, label: str) -> bool:
         """True for labels that mean "nothing of interest" (``other``, ``squirrel``...)."""
         return label in self.negative_labels
+
+    def display_name(self, label: str) -> str:
+        """The name people read ("Blue Jay"); the stable label stays the key everywhere else.
+
+        Bundles without display names get the label with underscores as spaces, so
+        ``blue_jay`` still reads as "blue jay" in an alert.
+        """
+        return self.display_names.get(label) or label.replace("_", " ")
+
+    def scientific_name(self, label: str) -> str | None:
+        return self.scientific_names.get(label)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary, as shown by ``feederd model ls`` and published on ``model``."""
@@ -117,6 +132,8 @@ class Bundle:
             "input": self.input.as_dict(),
             "trained_on": dict(self.trained_on),
             "metrics": dict(self.metrics),
+            "display_names": dict(self.display_names),
+            "scientific_names": dict(self.scientific_names),
         }
 
 
@@ -187,6 +204,17 @@ class _Reader:
         ):
             raise self.fail(key, "must map labels to non-negative integer counts")
         return {str(name): int(count) for name, count in value.items()}
+
+    def names(self, key: str, labels: tuple[str, ...]) -> dict[str, str]:
+        value = self.get(key, {})
+        if not isinstance(value, dict) or not all(
+            isinstance(name, str) for name in value.values()
+        ):
+            raise self.fail(key, "must map labels to name strings")
+        unknown = sorted(set(value) - set(labels))
+        if unknown:
+            raise self.fail(key, f"names {unknown[:5]}, which are not in labels")
+        return {str(label): name for label, name in value.items() if name}
 
     def mapping(self, key: str) -> dict[str, Any]:
         value = self.get(key, {})
@@ -263,6 +291,8 @@ def parse_metadata(meta: Mapping[str, str], path: Path, sha256: str) -> Bundle:
         trained_on=reader.counts("trained_on"),
         metrics=reader.mapping("metrics"),
         sha256=sha256,
+        display_names=reader.names("display_names", labels),
+        scientific_names=reader.names("scientific_names", labels),
     )
 
 

@@ -158,3 +158,22 @@ class TestReadBundle:
         path.write_bytes(bytes(range(256)) * 8)
         with pytest.raises(ModelError, match=str(path)):
             read_bundle(path)
+
+
+class TestNames:
+    def test_display_and_scientific_names_come_from_the_metadata(self) -> None:
+        bundle = parse_metadata(metadata(display_names={"cardinal": "Northern Cardinal"},
+                                         scientific_names={"cardinal": "Cardinalis cardinalis"}),
+                                PATH, "0" * 64)
+        assert bundle.display_name("cardinal") == "Northern Cardinal"
+        assert bundle.scientific_name("cardinal") == "Cardinalis cardinalis"
+        assert bundle.display_name("other") == "other"
+        assert bundle.scientific_name("other") is None
+
+    def test_a_label_without_a_display_name_reads_with_spaces(self) -> None:
+        bundle = parse_metadata(metadata(labels=["blue_jay", "other"]), PATH, "0" * 64)
+        assert bundle.display_name("blue_jay") == "blue jay"
+
+    def test_names_for_unknown_labels_are_refused(self) -> None:
+        with pytest.raises(ModelError, match="display_names"):
+            parse_metadata(metadata(display_names={"emu": "Emu"}), PATH, "0" * 64)
