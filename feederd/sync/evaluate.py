@@ -39,6 +39,7 @@ from feederd.sync.dataset import (
     scan_images,
     split,
 )
+from feederd.sync.plots import confusion_pair_png, confusion_png
 from feederd.sync.train import Head, head_path
 from feederd.sync.workspace import Workspace, atomic_write_bytes, atomic_write_json, safe_name
 
@@ -60,6 +61,8 @@ class Score:
     extra_total: int
     extra_alerts: int
     alerts_by_label: dict[str, int] = field(default_factory=dict)
+    # the pulled samples behind the false alerts on field negatives (id, sha256, said, prob)
+    alert_samples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def species(self) -> list[str]:
@@ -88,7 +91,8 @@ class Score:
                 if self.negatives_total else None,
                 "field": {"samples": self.field_total, "false_alerts": self.field_alerts},
                 "extra": {"samples": self.extra_total, "false_alerts": self.extra_alerts},
-                "false_alerts_by_label": self.alerts_by_label, "confusion": self.confusion}
+                "false_alerts_by_label": self.alerts_by_label, "confusion": self.confusion,
+                "false_alert_samples": self.alert_samples}
 
 
 @dataclass
@@ -192,7 +196,13 @@ def _score(workspace: Workspace, bundle: Bundle, sets: _Sets, confidence: float,
     said = [bundle.labels[k] for k in top]
     alerts = [not bundle.is_negative(s) and float(probs[n, top[n]]) >= confidence
               for n, s in enumerate(said)]
-    return _tally(bundle, sets, said, alerts)
+    score = _tally(bundle, sets, said, alerts)
+    held = len(sets.holdout)
+    score.alert_samples = [
+        {"id": item.sample["id"], "sha256": item.sample["sha256"], "said": said[held + n],
+         "confidence": round(float(probs[held + n, top[held + n]]), 4)}
+        for n, item in enumerate(sets.field) if alerts[held + n] and item.sample]
+    return score
 
 
 def _probabilities(workspace: Workspace, bundle: Bundle, paths: list[Path],
@@ -294,10 +304,14 @@ def gate(cand: Score, ref: Score | None, tolerance: float, noise_images: int = 1
 
 # --- the report -------------------------------------------------------------------------------
 
+PAIR_PNG = "confusion.png"  # deployed and candidate side by side
+
 def _write_report(report: Report) -> None:
     report.path.mkdir(parents=True, exist_ok=True)
     for score in filter(None, (report.candidate, report.reference)):
         confusion_png(score, report.path / f"confusion-{safe_name(score.version)}.png")
+    panels = [("deployed", report.reference)] if report.reference else []
+    confusion_pair_png([*panels, ("candidate", report.candidate)], report.path / PAIR_PNG)
     atomic_write_json(report.path / "report.json", report.as_dict())
     atomic_write_bytes(report.path / "report.md", markdown(report).encode("utf-8"))
 
@@ -313,6 +327,7 @@ def markdown(report: Report) -> str:
               "|---|" + "---|" * (2 if ref else 1)]
     for title, value in _summary_rows(cand, ref):
         lines.append(f"| {title} | {value} |")
+    lines += ["", f"![deployed and candidate]({PAIR_PNG})"]
     for score in filter(None, (ref, cand)):
         lines += ["", f"## Confusion matrix of {score.version} (rows: truth)", "",
                   confusion_table(score),
@@ -351,34 +366,6 @@ def confusion_table(score: Score) -> str:
     return "```\n" + "\n".join([head, *body]) + "\n```"
 
 
-def confusion_png(score: Score, out: Path) -> Path:
-    """A confusion matrix image (matplotlib, Agg: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    truth = list(score.confusion)
-    predicted = list(score.labels)
-    grid = np.array([[score.confusion[t].get(p, 0) for p in predicted] for t in truth])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(predicted), 1.0 + 0.7 * len(truth)))
-    ax.imshow(grid, cmap="Blues")
-    ax.set_xticks(range(len(predicted)), predicted, rotation=45, ha="right")
-    ax.set_yticks(range(len(truth)), truth)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("truth")
-    ax.set_title(score.version, fontsize=9)
-    threshold = grid.max() / 2 if grid.size else 0
-    for (r, c), value in np.ndenumerate(grid):
-        ax.text(c, r, str(value), ha="center", va="center",
-                color="white" if value > threshold else "black", fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 def _remember(workspace: Workspace, report: Report) -> None:
     state = workspace.load_state()
     entry = state.setdefault("models", {}).setdefault(report.candidate.version, {})
@@ -386,7 +373,7 @@ def _remember(workspace: Workspace, report: Report) -> None:
                   if report.reference else None,
                   "report": str(report.path.relative_to(workspace.dir)),
                   "evaluation": {k: v for k, v in report.as_dict()["candidate"].items()
-                                 if k != "confusion"}})
+                                 if k not in ("confusion", "false_alert_samples")}})
     workspace.save_state(state)
     workspace.record("evaluate", version=report.candidate.version, gate=report.gate)
 

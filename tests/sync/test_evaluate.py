@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 
 from feederd.sync.evaluate import Score, confusion_table, gate
+from feederd.sync.workspace import SampleIndex
 from sync.conftest import Setup
 from sync.helpers import add_samples, jpeg, photo, run_json, run_sync, spool_dir
 
@@ -34,9 +35,22 @@ class TestReport:
         assert (folder / "report.md").read_text().startswith(f"# Evaluation of "
                                                              f"{trained['version']}")
         assert json.loads((folder / "report.json").read_text())["gate"] == report["gate"]
-        for version in (trained["version"], report["reference"]["version"]):
-            image = cv2.imread(str(folder / f"confusion-{version}.png"))
+        names = [f"confusion-{v}.png" for v in (trained["version"],
+                                                report["reference"]["version"])]
+        for name in [*names, "confusion.png"]:  # each model, then both side by side
+            image = cv2.imread(str(folder / name))
             assert image is not None and image.shape[0] > 100
+
+    def test_the_report_names_the_pulled_samples_behind_each_false_alert(
+            self, setup: Setup) -> None:
+        train_with_squirrels(setup)
+        with SampleIndex(setup.workspace / "samples.db") as index:
+            pulled = {(s["id"], s["sha256"]) for s in index.all()}
+        reference = run_json(setup.config, "evaluate")["reference"]
+        behind = reference["false_alert_samples"]
+        assert len(behind) == reference["field"]["false_alerts"] > 0
+        assert {(b["id"], b["sha256"]) for b in behind} <= pulled
+        assert all(b["said"] != "other" and b["confidence"] >= 0.5 for b in behind)
 
     def test_per_class_recall_and_the_confusion_matrix_count_the_held_out_split(
             self, setup: Setup) -> None:
