@@ -180,6 +180,9 @@ class MqttConfig(Section):
     reconnect_max_s: float = Field(120.0, gt=0, le=3600, description="Longest reconnect delay.")
     outbox_max: int = Field(1000, ge=1, le=1_000_000, description="Messages kept while the "
                             "broker is away; the oldest are dropped beyond.")
+    sender_stuck_s: float = Field(180.0, ge=1, le=86400, description="A sender that moves "
+                                  "nothing this long with the broker connected stops the "
+                                  "systemd watchdog; keep it above 1.5 x keepalive_s.")
     snapshot_width: int = Field(640, ge=64, le=4096, description="Snapshot width in pixels.")
     snapshot_quality: int = Field(80, ge=10, le=100, description="Snapshot JPEG quality.")
     feedback_max_bytes: int = Field(4096, ge=64, le=2**20, description="Larger replies are "

@@ -23,6 +23,7 @@ from feederd.capture.base import FrameSource
 from feederd.classifier import Classifier
 from feederd.config import Settings, load_settings
 from feederd.events import EventQueue, JsonLinesSink, LinkEvents
+from feederd.health import HEALTH_FILE, HealthFile
 from feederd.jobs import Jobs
 from feederd.logsetup import setup_logging
 from feederd.mining.collector import Collector
@@ -74,6 +75,7 @@ class Daemon:
         self._jobs: Jobs | None = None
         self._source: FrameSource | None = None
         self._spool: Spool | None = None
+        self._alert_problem: str | None = None
         self.started = time.monotonic()
 
     # --- construction, in dependency order ---------------------------------------------------
@@ -88,6 +90,7 @@ class Daemon:
     def _init_storage(self) -> None:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        self._health = HealthFile(s.state_dir / HEALTH_FILE)
         self._spool = Spool(s.spool_dir, s.spool, dedup_distance=s.mining.dedup_distance)
         self._recent = RecentVisits(s.mining.recent_max_bytes, s.mining.recent_max_age_s,
                                     s.mining.jpeg_quality)
@@ -135,6 +138,7 @@ class Daemon:
             self._mqtt.start()
             self._mqtt.publish_model(self.classifier.bundle.describe())
         self._jobs.start()
+        self.write_health()
 
     # --- running ------------------------------------------------------------------------------
 
@@ -161,7 +165,7 @@ class Daemon:
         assert source is not None
         while not self._stop.is_set():
             frame = source.read()
-            self._notifier.watchdog()
+            self._notifier.watchdog(self._alerts_can_leave)
             if frame is None:
                 if source.finished:
                     break
@@ -173,6 +177,18 @@ class Daemon:
             if self._reload.is_set():
                 self._do_reload()
         self.pipeline.close_visit(time.time())
+
+    def _alerts_can_leave(self) -> bool:
+        """Asked when a watchdog ping is due: a dead or stuck MQTT sender withholds it."""
+        problem = self._mqtt.sender_problem() if self._mqtt is not None else None
+        if problem != self._alert_problem:
+            self._alert_problem = problem
+            if problem:
+                logger.error("%s; no longer feeding the systemd watchdog, so that systemd "
+                             "restarts feederd", problem)
+            else:
+                logger.warning("MQTT alerts leave again; feeding the systemd watchdog")
+        return problem is None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -259,7 +275,14 @@ class Daemon:
                         events_dropped=self.events.dropped,
                         model_version=self.classifier.bundle.version)
         counters.update(self.collector.stats())
+        counters["alerts_blocked"] = self._alert_problem or ""
         return counters
+
+    def write_health(self) -> None:
+        """What ``feederd doctor`` reads (feederd.health); written only when it changes."""
+        self._health.update({"started": round(time.time() - (time.monotonic() - self.started)),
+                             "alerts_blocked": self._alert_problem or "",
+                             "model": self.classifier.bundle.version})
 
     @property
     def mqtt(self) -> Any:

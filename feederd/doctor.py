@@ -233,6 +233,29 @@ def _quick_check(db: Path) -> None:
         raise sqlite3.DatabaseError(f"{db} is damaged: {'; '.join(result[:3])}")
 
 
+# --- the running daemon ---------------------------------------------------------------------------
+
+def check_daemon(settings: Settings) -> Check:
+    """What the running daemon reports of itself (feederd.health): can its alerts leave?"""
+    from feederd.health import HEALTH_FILE, read_health
+
+    state = read_health(settings.state_dir / HEALTH_FILE)
+    if state is None or not state["running"]:
+        return Check("daemon", True, "not running (no health report from a live daemon in "
+                     f"{settings.state_dir})")
+    blocked = state.get("alerts_blocked") or ""
+    fallback = state.get("model_fallback") or ""
+    detail = f"pid {state['pid']}, serving model {state.get('model')}"
+    if blocked:
+        return Check("daemon", False, f"{detail}; alerts cannot leave: {blocked}",
+                     "systemd restarts feederd when its watchdog is on; otherwise `sudo "
+                     "systemctl restart feederd`, and see `journalctl -u feederd`")
+    if fallback:
+        return Check("daemon", False, f"{detail}, a fallback: {fallback}",
+                     "install a good bundle: `feederd model install FILE`")
+    return Check("daemon", True, f"{detail}; alerts leave")
+
+
 # --- the host -----------------------------------------------------------------------------------
 
 def check_clock(_settings: Settings) -> Check:
@@ -283,8 +306,8 @@ def _run(cmd: list[str]) -> str | None:
 
 
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
-    check_model, check_camera, check_broker, check_disk, check_spool, check_clock,
-    check_temperature, check_throttling,
+    check_model, check_camera, check_broker, check_disk, check_spool, check_daemon,
+    check_clock, check_temperature, check_throttling,
 )
 
 

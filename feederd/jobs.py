@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 # apscheduler logs every start, stop and run at INFO; a feeder's journal needs none of that.
 logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
+HEALTH_INTERVAL_S = 5.0  # how often the health file is compared (it is written on change only)
+
 
 class JobTarget(Protocol):
     """What the jobs need of the daemon."""
@@ -26,6 +28,8 @@ class JobTarget(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
     def check_model(self, force: bool = False) -> bool: ...
+
+    def write_health(self) -> None: ...
 
     @property
     def mqtt(self) -> Any: ...
@@ -48,6 +52,7 @@ class Jobs:
         self._add(self.publish_stats, cfg.stats_interval_s)
         self._add(self.watch_model, cfg.model_watch_interval_s)
         self._add(self.maintain, cfg.maintenance_interval_s)
+        self._add(self.write_health, min(cfg.stats_interval_s, HEALTH_INTERVAL_S))
 
     def _add(self, job: Callable[[], Any], seconds: float) -> None:
         self._scheduler.add_job(_guarded(job), "interval", seconds=seconds,
@@ -71,6 +76,9 @@ class Jobs:
         if self._target.mqtt is not None:
             self._target.mqtt.publish_stats(stats)
         logger.debug("stats: %s", stats)
+
+    def write_health(self) -> None:
+        self._target.write_health()
 
     def watch_model(self) -> None:
         self._target.check_model()

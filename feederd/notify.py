@@ -22,7 +22,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +97,18 @@ class SystemdNotifier:
         """Ask for more start-up/shutdown time (e.g. a slow first model load on a Pi Zero)."""
         self._send(f"EXTEND_TIMEOUT_USEC={max(1, int(seconds * 1_000_000))}")
 
-    def watchdog(self) -> None:
-        """Ping the watchdog; call it every frame, it sends once per half interval."""
-        if time.monotonic() < self._next_ping:
+    def watchdog(self, healthy: Callable[[], bool] | None = None) -> None:
+        """Ping the watchdog; call it every frame, it sends once per half interval.
+
+        ``healthy`` is asked only when a ping is due; while it says no, no ping is sent (and
+        it is asked again a second later), so systemd restarts a daemon whose frame loop
+        runs but whose alerts cannot leave.
+        """
+        now = time.monotonic()
+        if now < self._next_ping:
+            return
+        if healthy is not None and not healthy():
+            self._next_ping = now + 1.0
             return
         self._send("WATCHDOG=1")
         self._note_ping()

@@ -26,7 +26,7 @@ from feederd.config import SpoolConfig
 from feederd.spool import DB_NAME, Spool
 
 USER, PASSWORD = "feeder", "doctor-s3cret-pw"
-CONTROLLED = ("model", "camera", "mqtt", "disk", "spool")
+CONTROLLED = ("model", "camera", "mqtt", "disk", "spool", "daemon")
 """The checks a test controls; the others (clock, temperature, throttling) describe the host."""
 HOST = ("clock", "temperature", "throttling")
 TIMEOUT_S = 120

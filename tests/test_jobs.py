@@ -101,6 +101,9 @@ class Target:
             self.model_checks += 1
         return False
 
+    def write_health(self) -> None:
+        return None
+
 
 def jobs_config(**kw: float) -> JobsConfig:
     """Every job as rare as allowed unless named: a test sees only the jobs it is about."""

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from feederd.bundle import Bundle
@@ -26,6 +27,18 @@ from feederd.types import Alert, ClassifiedFrame, VisitSummary
 logger = logging.getLogger(__name__)
 
 _MAX_REMEMBERED = 2000
+_MAX_ALERT_BYTES = 2**20  # what a reply needs of recent alerts, a few hundred bytes each
+
+
+@dataclass(frozen=True, slots=True)
+class _AlertFacts:
+    """What a reply needs of an alert; never its snapshot (2.7 MB at 1280x720)."""
+
+    label: str
+    model_version: str
+
+    def size(self, event_id: str) -> int:
+        return 200 + len(event_id) + len(self.label) + len(self.model_version)
 
 _SPOOL_RELABEL = {"not_a_bird": "rejected", "species": "corrected", "correct": "confirmed"}
 
@@ -39,7 +52,8 @@ class Collector:
         self._recent = recent
         self._spool = spool
         self._lock = threading.Lock()
-        self._alerts: OrderedDict[str, Alert] = OrderedDict()
+        self._alerts: OrderedDict[str, _AlertFacts] = OrderedDict()
+        self._alert_bytes = 0
         self._visits: OrderedDict[str, float] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.set_bundle(bundle)
@@ -65,9 +79,15 @@ class Collector:
         self._recent.add(frame)
 
     def on_alert(self, alert: Alert) -> None:
+        facts = _AlertFacts(alert.label, alert.model_version)
         with self._lock:
-            self._alerts[alert.event_id] = alert
-            _trim(self._alerts)
+            if (old := self._alerts.pop(alert.event_id, None)) is not None:
+                self._alert_bytes -= old.size(alert.event_id)
+            self._alerts[alert.event_id] = facts
+            self._alert_bytes += facts.size(alert.event_id)
+            while len(self._alerts) > _MAX_REMEMBERED or self._alert_bytes > _MAX_ALERT_BYTES:
+                event_id, gone = self._alerts.popitem(last=False)
+                self._alert_bytes -= gone.size(event_id)
 
     def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
         with self._lock:

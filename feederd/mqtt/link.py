@@ -16,7 +16,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -48,6 +48,7 @@ logger = logging.getLogger("feederd.mqtt")
 
 COUNTERS = (
     "published", "publish_refused", "dropped_outbox", "outbox_pending", "outbox_errors",
+    "memory_pending", "dropped_memory", "sender_errors",
     "feedback_accepted", "feedback_rejected", "feedback_errors", "alerts_rejected",
     "connects", "reconnects", "connect_failures",
 )
@@ -82,6 +83,10 @@ class MqttLink(OutboxSender):
         self._connected = False
         self._stopping = False
         self._inflight = None
+        self._memory = deque()
+        self._memory_busy = self._idle = self._spilling = False
+        self._beat = time.monotonic()
+        self._latest: str | None = None  # the newest alert, also when the outbox is full
         self._model: bytes | None = None
         self._counts = Counter()
         self._counts_lock = threading.Lock()
@@ -153,6 +158,7 @@ class MqttLink(OutboxSender):
             response_topic=self.topics.feedback,
             correlation_data=alert.event_id.encode("utf-8"),
         ))
+        self._latest = alert.event_id
         self._enqueue(messages, {_LATEST_ALERT: alert.event_id})
 
     def publish_visit(self, summary: VisitSummary) -> None:
@@ -175,6 +181,7 @@ class MqttLink(OutboxSender):
             counts = {name: self._counts[name] for name in COUNTERS}
         counts["dropped_outbox"] = self._outbox.dropped
         counts["outbox_pending"] = len(self._outbox)
+        counts["memory_pending"] = len(self._memory)
         return counts
 
     def _say_offline(self, client: mqtt.Client, deadline: float) -> None:
@@ -215,6 +222,7 @@ class MqttLink(OutboxSender):
         self._count("reconnects" if self._counts["connects"] else "connects")
         with self._cond:
             self._connected = True
+            self._beat = time.monotonic()  # a resent message gets its PUBACK from now on
             self._cond.notify_all()
         logger.info("MQTT connected to %s", self._where)
 
@@ -284,7 +292,7 @@ class MqttLink(OutboxSender):
     def _resolve(self, feedback: Feedback) -> Feedback:
         """Replace ``latest`` by the newest alert's id; spell a species the model's way."""
         if feedback.event_id == LATEST:
-            latest = self._outbox.meta(_LATEST_ALERT)
+            latest = self._latest or self._outbox.meta(_LATEST_ALERT)
             if latest is None:
                 raise FeedbackError("'latest' names no alert: none has been raised yet")
             feedback = replace(feedback, event_id=latest)

@@ -16,6 +16,10 @@ add an fsync to every alert and to every acknowledgement on an SD card.
 A retained message replaces any older retained message for the same topic still waiting
 (only the newest snapshot matters to a retained topic), which also keeps JPEGs from filling
 the queue during a long outage.
+
+A full disk must not stop delivery: a delivered message whose row cannot be deleted (SQLite
+needs room in its WAL even to delete) is remembered in memory as gone, skipped by
+:meth:`Outbox.head`, and deleted by the next write that succeeds.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class Outbox:
         self.max_messages = max_messages
         self._lock = threading.Lock()
         self._dropped = 0
+        self._gone: set[int] = set()  # delivered, row not yet deleted (see the docstring)
         self._db = _open(path)
         self._count: int = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
@@ -93,7 +98,8 @@ class Outbox:
     def _put(self, messages: Sequence[OutMessage], meta: Mapping[str, str]) -> int:
         with self._lock:
             with self._db:  # one transaction; on error nothing changed, nor does _count
-                count = self._count + sum(self._insert(message) for message in messages)
+                count = self._count - self._delete_gone()
+                count += sum(self._insert(message) for message in messages)
                 self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                      meta.items())
                 excess = max(0, count - self.max_messages)
@@ -102,6 +108,7 @@ class Outbox:
                                      "(SELECT id FROM outbox ORDER BY id LIMIT ?)", (excess,))
             self._count = count - excess
             self._dropped += excess
+            self._gone.clear()
         if excess:
             logger.warning("MQTT outbox full (%d messages): dropped the %d oldest",
                            self.max_messages, excess)
@@ -121,20 +128,40 @@ class Outbox:
         )
         return 1 - replaced
 
+    def _delete_gone(self) -> int:
+        """Delete the rows of delivered messages (inside the caller's transaction)."""
+        return sum(self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,)).rowcount
+                   for row_id in self._gone)
+
     def head(self) -> Queued | None:
-        """The oldest waiting message, or ``None``."""
-        with self._lock:
-            row = self._db.execute(
-                "SELECT id, topic, payload, qos, retain, props FROM outbox ORDER BY id LIMIT 1"
-            ).fetchone()
+        """The oldest waiting message, or ``None``. Raises :class:`MqttError` if unreadable."""
+        try:
+            with self._lock:
+                # Messages leave in id order: every gone row is older than every waiting one.
+                after = max(self._gone, default=0)
+                row = self._db.execute(
+                    "SELECT id, topic, payload, qos, retain, props FROM outbox WHERE id > ? "
+                    "ORDER BY id LIMIT 1", (after,)).fetchone()
+        except sqlite3.Error as exc:
+            raise MqttError(f"MQTT outbox {self.path}: cannot read ({exc})") from exc
         return None if row is None else _queued(row)
 
     def remove(self, row_id: int) -> None:
-        """Forget a delivered message (a no-op if the bound already dropped it)."""
+        """Forget a delivered message (a no-op if the bound already dropped it).
+
+        If the disk refuses the delete, the message is still forgotten (see the module
+        docstring) and :class:`MqttError` says so; the next successful write deletes it.
+        """
         with self._lock:
-            with self._db:
-                removed = self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,)).rowcount
+            self._gone.add(row_id)
+            try:
+                with self._db:
+                    removed = self._delete_gone()
+            except sqlite3.Error as exc:
+                raise MqttError(f"MQTT outbox {self.path}: cannot delete a delivered message "
+                                f"({exc}); it is skipped and deleted later") from exc
             self._count -= removed
+            self._gone.clear()
 
     def meta(self, key: str) -> str | None:
         """A small value stored with the queue (e.g. the latest alert's event id)."""
@@ -148,7 +175,8 @@ class Outbox:
         return self._dropped
 
     def __len__(self) -> int:
-        return self._count
+        """Messages waiting (delivered ones whose rows are not yet deleted do not count)."""
+        return self._count - len(self._gone)
 
     def close(self) -> None:
         with self._lock:

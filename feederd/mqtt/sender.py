@@ -10,6 +10,16 @@ and is resent by paho (DUP set), so the sender never publishes a row twice in on
 restart the rows still stored are sent again. What remains is QoS 1's own window: a PUBACK lost
 to a crash means that one message arrives twice.
 
+Nothing stops the sender. A storage or broker error is logged and counted, and the sender
+backs off and tries again. When the outbox cannot store (disk full), messages wait in a small
+in-memory queue instead, behind the stored ones, and go out as soon as the broker is connected;
+the queue is bounded (the oldest go first, counted) and is written back to the outbox once
+the disk takes writes again. What is only in memory dies with the process.
+
+A sender that has died, or has not moved a message for ``sender_stuck_s`` while the broker is
+connected, is reported by :meth:`OutboxSender.sender_problem`: the daemon stops feeding the
+systemd watchdog then, so systemd restarts it.
+
 Locking rule: paho calls ``on_publish`` while holding its own message lock, so no paho method
 is ever called while ``self._cond`` is held.
 """
@@ -17,9 +27,10 @@ is ever called while ``self._cond`` is held.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +47,15 @@ from feederd.mqtt.outbox import Outbox, OutMessage, Queued
 # The package's name, as before feederd.mqtt became a package: log lines and
 # ``[logging] levels`` keep naming it.
 logger = logging.getLogger("feederd.mqtt")
+
+MEMORY_MAX_MESSAGES = 200
+MEMORY_MAX_BYTES = 8 * 2**20
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+_MEMORY = -1  # the row id of a message taken from the in-memory queue
+# Fault injection for the watchdog test: after this many deliveries the sender hangs, as a
+# deadlock would, so the test can see the daemon stop feeding systemd's watchdog.
+_HANG_AFTER = int(os.environ.get("FEEDERD_FAULT_SENDER_HANG_AFTER", "0"))
 
 
 @dataclass
@@ -65,46 +85,146 @@ class OutboxSender:
     _inflight: _InFlight | None
     _counts: Counter[str]
     _counts_lock: threading.Lock
+    _sender: threading.Thread | None
+    _memory: deque[OutMessage]
+    _memory_busy: bool  # the memory queue's head is in flight
+    _beat: float  # monotonic time of the sender's last progress (or of new work arriving)
+    _idle: bool  # the sender is waiting with nothing to send
+    _spilling: bool  # the producer is writing the memory queue back to the outbox
+
+    # --- the producers' side (the events thread) ---
 
     def _enqueue(self, messages: Sequence[OutMessage], meta: Mapping[str, str] | None = None,
                  ) -> None:
         if not self._cfg.enabled:
             return
+        with self._cond:  # while spilling, the sender takes nothing from memory
+            spill = list(self._memory)[1 if self._memory_busy else 0:]
+            self._spilling = bool(spill)
         try:
-            self._outbox.put(messages, meta)
+            self._outbox.put([*spill, *messages], meta)
         except MqttError as exc:
             self._count("outbox_errors")
-            logger.error("%s; %d message(s) lost", exc, len(messages))
+            self._keep_in_memory(messages, exc)
             return
+        finally:
+            with self._cond:
+                self._spilling = False
         with self._cond:
-            self._cond.notify_all()
+            for _ in spill:  # written back to disk: only the producer adds, at the right
+                self._memory.pop()
+            self._wake()
+        if spill:
+            logger.warning("MQTT outbox stores again: %d message(s) moved from memory to disk",
+                           len(spill))
+
+    def _keep_in_memory(self, messages: Sequence[OutMessage], exc: MqttError) -> None:
+        """The disk refused: queue in memory (bounded, oldest dropped first, counted)."""
+        with self._cond:
+            first = not self._memory
+            for message in messages:
+                if message.retain:  # only the newest retained message per topic matters
+                    self._forget_retained(message.topic)
+                self._memory.append(message)
+            dropped = self._trim_memory()
+            self._wake()
+        if dropped:
+            self._count("dropped_memory", dropped)
+        if first or dropped:
+            logger.error("%s; keeping messages in memory (at most %d) and sending them when "
+                         "connected%s", exc, MEMORY_MAX_MESSAGES,
+                         f"; dropped the {dropped} oldest" if dropped else "")
+
+    def _forget_retained(self, topic: str) -> None:
+        start = 1 if self._memory_busy else 0
+        for index in range(len(self._memory) - 1, start - 1, -1):
+            if self._memory[index].retain and self._memory[index].topic == topic:
+                del self._memory[index]
+
+    def _trim_memory(self) -> int:
+        dropped = 0
+        start = 1 if self._memory_busy else 0
+        while len(self._memory) > start and (
+                len(self._memory) > MEMORY_MAX_MESSAGES
+                or sum(len(m.payload) for m in self._memory) > MEMORY_MAX_BYTES):
+            del self._memory[start]
+            dropped += 1
+        return dropped
+
+    def _wake(self) -> None:
+        """New work (caller holds the lock): a stuck sender's clock starts now, not when it
+        went idle."""
+        if self._idle:
+            self._beat = time.monotonic()
+        self._cond.notify_all()
+
+    def _pending(self) -> int:
+        return len(self._outbox) + len(self._memory)
+
+    def _work_waiting(self) -> bool:
+        return self._connected and (len(self._outbox) > 0
+                                    or (bool(self._memory) and not self._spilling))
+
+    # --- the sender thread ---
 
     def _send_loop(self) -> None:
-        try:
-            while (queued := self._next_to_send()) is not None:
+        backoff = BACKOFF_MIN_S
+        while not self._stopping:
+            try:
+                if (queued := self._next_to_send()) is None:
+                    return
                 self._deliver(queued)
-        except Exception:
-            logger.exception("MQTT outbox sender stopped by a bug; messages wait in the "
-                             "outbox until the next start")
+                backoff = BACKOFF_MIN_S
+            except Exception as exc:  # storage, broker or a bug: log, back off, try again
+                self._count("sender_errors")
+                logger.error("MQTT outbox sender: %s; retrying in %.1f s", exc, backoff,
+                             exc_info=not isinstance(exc, MqttError))
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, timeout=backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _next_to_send(self) -> Queued | None:
-        """Wait until connected with something to send; ``None`` once stopping."""
+        """Wait until connected with something to send; ``None`` once stopping.
+
+        Stored messages are older than those in memory, so they go first.
+        """
         while True:
             with self._cond:
-                self._cond.wait_for(
-                    lambda: self._stopping or (self._connected and len(self._outbox) > 0))
+                self._idle = True
+                self._cond.wait_for(lambda: self._stopping or self._work_waiting())
+                self._idle = False
                 if self._stopping:
                     return None
             if (queued := self._outbox.head()) is not None:
                 return queued
+            with self._cond:
+                if self._memory and not self._spilling:
+                    self._memory_busy = True
+                    return Queued(_MEMORY, self._memory[0])
 
     def _deliver(self, queued: Queued) -> None:
-        """Publish one stored message and remove it once the broker has acknowledged it."""
-        assert self._client is not None  # the sender starts after the client exists
+        """Publish one message and forget it once the broker has acknowledged it."""
         flight = _InFlight()
         with self._cond:
             self._inflight = flight
-        message = queued.message
+        try:
+            self._publish_and_wait(queued.message, flight)
+        finally:
+            with self._cond:
+                self._inflight = None
+                if flight.done:
+                    self._beat = time.monotonic()
+                if queued.id == _MEMORY:
+                    self._memory_busy = False
+                    if flight.done:
+                        self._memory.popleft()
+                self._cond.notify_all()
+        if flight.done:  # else stopping: the row stays for the next start
+            self._count_delivery(queued.message, flight.reason)
+            self._forget(queued)
+
+    def _publish_and_wait(self, message: OutMessage, flight: _InFlight) -> None:
+        assert self._client is not None  # the sender starts after the client exists
         info = self._client.publish(message.topic, message.payload, qos=message.qos,
                                     retain=message.retain, properties=self._properties(message))
         with self._cond:
@@ -112,12 +232,31 @@ class OutboxSender:
             if info.mid in flight.early:
                 flight.reason, flight.done = flight.early[info.mid], True
             self._cond.wait_for(lambda: flight.done or self._stopping)
-        if flight.done:  # else stopping: the row stays for the next start
+
+    def _forget(self, queued: Queued) -> None:
+        """Delete a delivered row; a disk that refuses costs a log line, not the sender."""
+        if queued.id == _MEMORY:
+            return
+        if _HANG_AFTER and self._counts["published"] >= _HANG_AFTER:
+            threading.Event().wait()
+        try:
             self._outbox.remove(queued.id)
-            self._count_delivery(message, flight.reason)
+        except MqttError as exc:
+            self._count("outbox_errors")
+            logger.warning("%s", exc)
+
+    def sender_problem(self) -> str | None:
+        """Why alerts cannot leave although the broker is connected, or ``None``."""
         with self._cond:
-            self._inflight = None
-            self._cond.notify_all()
+            if not self._connected or self._stopping or self._sender is None:
+                return None
+            if not self._sender.is_alive():
+                return "the MQTT outbox sender thread has died"
+            pending, idle_for = self._pending(), time.monotonic() - self._beat
+        if pending and idle_for > self._cfg.sender_stuck_s:
+            return (f"the MQTT outbox sender has sent nothing for {idle_for:.0f} s with the "
+                    f"broker connected and {pending} message(s) waiting")
+        return None
 
     def _count_delivery(self, message: OutMessage, reason: ReasonCode | None) -> None:
         if reason is not None and reason.is_failure:
@@ -142,7 +281,7 @@ class OutboxSender:
         with self._cond:
             self._cond.wait_for(
                 lambda: not self._connected
-                or (len(self._outbox) == 0 and self._inflight is None),
+                or (self._pending() == 0 and self._inflight is None),
                 timeout=max(0.0, deadline - time.monotonic()),
             )
 
@@ -159,7 +298,7 @@ class OutboxSender:
             elif flight.mid is None:
                 flight.early[mid] = reason
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, n: int = 1) -> None:
         with self._counts_lock:
-            self._counts[name] += 1
+            self._counts[name] += n
 
