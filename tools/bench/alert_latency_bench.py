@@ -9,14 +9,14 @@ arrives. Printed side by side:
 - decision -> receipt: from the frame loop deciding the alert to the subscriber's receipt;
 - first motion -> receipt: the media time from the visit's first motion frame to the deciding
   frame (the replay runs in real time, so it is wall time) plus decision -> receipt;
-- idle frames: frame-loop time per idle frame with the MQTT link wired in against without it
-  (what publishing costs when nothing happens: the ratio should be ~1.0, the calls 0).
+- idle frames: frame-loop time per idle frame with the MQTT link wired in against without it,
+  in interleaved rounds after a warm-up (what publishing costs when nothing happens: the
+  ratio should be ~1.0, the calls 0).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import threading
@@ -28,7 +28,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mqtt_bench import percentile, start_broker
+from benchutil import Spread, quantile, ratio_line
+from mqtt_bench import idle_cost, start_broker
 
 from feederd.config import load_settings
 from feederd.daemon import Daemon
@@ -90,41 +91,6 @@ def run_daemon(port: int, state: Path, loops: int) -> AlertClock:
     return clock
 
 
-def idle_cost(port: int, state: Path, frames: int = 3000) -> tuple[float, float, int]:
-    """Seconds per idle frame through the pipeline with and without the MQTT link."""
-    from feederd.capture import open_source
-
-    results = []
-    publishes = 0
-    for mqtt_on in (False, True):
-        settings = load_settings(None, state_dir=str(state / str(mqtt_on)),
-                                 camera={"source": "demo", "realtime": False},
-                                 mqtt={"enabled": mqtt_on, "host": "127.0.0.1", "port": port,
-                                       "device_id": "idle"})
-        daemon = Daemon(settings)
-        daemon._init_classifier()
-        daemon._init_storage()
-        daemon._init_mqtt()
-        daemon._init_events()
-        daemon._init_pipeline()
-        daemon._init_jobs()
-        daemon._start()
-        source = open_source(settings.camera, settings.motion.height,
-                             Path(__file__).resolve().parents[2] / "models" / "demo-clip.mp4")
-        idle = [source.read() for _ in range(20)]  # the empty feeder before the first bird
-        source.close()
-        idle_frames = [f for f in idle if f is not None]
-        before = daemon.mqtt.counters()["published"] if daemon.mqtt else 0
-        start = time.perf_counter()
-        for i in range(frames):
-            daemon.pipeline.process(idle_frames[i % len(idle_frames)])
-        results.append((time.perf_counter() - start) / frames)
-        if daemon.mqtt:
-            publishes = daemon.mqtt.counters()["published"] - before
-        daemon.stop()
-    return results[0], results[1], publishes
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loops", type=int, default=2, help="passes over the 55 s demo clip")
@@ -144,14 +110,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for event_id, (decided, since_motion) in clock.decided.items():
                 if event_id in received:
                     gaps.append(since_motion + received[event_id] - decided)
-            print(f"decision -> receipt     p50 {percentile(decision, 50) * 1e3:7.1f} ms   "
-                  f"p95 {percentile(decision, 95) * 1e3:7.1f} ms")
+            if decision:
+                print(f"decision -> receipt     p50 {quantile(decision, 0.5) * 1e3:7.1f} ms   "
+                      f"p95 {quantile(decision, 0.95) * 1e3:7.1f} ms   "
+                      f"({Spread.of(decision).show()})")
             if gaps:
-                print(f"first motion -> receipt p50 {statistics.median(gaps):7.2f} s    "
-                      f"max {max(gaps):7.2f} s")
-            bare, linked, publishes = idle_cost(port, Path(tmp) / "idle")
-            print(f"idle frame              {bare * 1e6:7.1f} us without MQTT, {linked * 1e6:7.1f}"
-                  f" us with: ratio {linked / bare:.2f}; {publishes} publishes on idle frames")
+                print(f"first motion -> receipt p50 {quantile(gaps, 0.5):7.2f} s    "
+                      f"p95 {quantile(gaps, 0.95):7.2f} s   max {max(gaps):7.2f} s")
+            idle, publishes, _ = idle_cost(port, Path(tmp) / "idle")
+            print(ratio_line("idle frame", ("without MQTT", idle["without MQTT"]),
+                             ("with MQTT", idle["with MQTT"]), scale=1e6, unit="us",
+                             target=f"{publishes} publishes on idle frames"))
         finally:
             broker.terminate()
             broker.wait()
