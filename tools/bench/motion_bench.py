@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,14 +51,19 @@ def load_frames(path: Path, size: tuple[int, int] | None = None,
     return frames
 
 
-def _best(work: Callable[[], object], repeat: int) -> float:
-    """Best-of-``repeat`` wall time of ``work()`` (the least disturbed by other processes)."""
-    best = float("inf")
+def _median(work: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``repeat`` runs of ``work()`` after one untimed warm-up run.
+
+    Every stage, decode included, is timed the same way, so the printed ratios divide like
+    by like (a best-of-N gate over one cold decode would flatter the gate).
+    """
+    work()
+    times = []
     for _ in range(repeat):
         start = time.perf_counter()
         work()
-        best = min(best, time.perf_counter() - start)
-    return best
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _run_gate(frames: list[np.ndarray], greys: list[np.ndarray] | None,
@@ -95,16 +101,16 @@ STAGES = ("decode (+ resize)", "grey downscale (ours)", "grey downscale (1-step 
 def _time_clip(frames: list[np.ndarray], cfg: MotionConfig, repeat: int,
                gate_only: bool = False) -> dict[str, float]:
     """Seconds each stage takes over one clip's frames (decode excluded)."""
-    gate = _best(lambda: _run_gate(frames, None, cfg), repeat)
+    gate = _median(lambda: _run_gate(frames, None, cfg), repeat)
     if gate_only:
         return {"motion gate total": gate}
     greys = [downscale_grey(image, cfg.height) for image in frames]
     return {
-        "grey downscale (ours)": _best(
+        "grey downscale (ours)": _median(
             lambda: [downscale_grey(image, cfg.height) for image in frames], repeat),
-        "grey downscale (1-step INTER_AREA)": _best(
+        "grey downscale (1-step INTER_AREA)": _median(
             lambda: _direct_area(frames, cfg.height), repeat),
-        "detect on a given grey": _best(lambda: _run_gate(frames, greys, cfg), repeat),
+        "detect on a given grey": _median(lambda: _run_gate(frames, greys, cfg), repeat),
         "motion gate total": gate,
     }
 
@@ -115,9 +121,8 @@ def _stages(paths: list[Path], cfg: MotionConfig, size: tuple[int, int] | None,
     totals = dict.fromkeys(STAGES, 0.0)
     count = 0
     for path in paths:
-        start = time.perf_counter()
         frames = load_frames(path, size, limit)
-        totals["decode (+ resize)"] += time.perf_counter() - start
+        totals["decode (+ resize)"] += _median(lambda: load_frames(path, size, limit), repeat)  # noqa: B023
         for name, seconds in _time_clip(frames, cfg, repeat).items():
             totals[name] += seconds
         count += len(frames)
@@ -127,7 +132,7 @@ def _stages(paths: list[Path], cfg: MotionConfig, size: tuple[int, int] | None,
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--shared", type=Path, default=None, help="the shared data folder")
-    parser.add_argument("--repeat", type=int, default=5, help="best of this many runs")
+    parser.add_argument("--repeat", type=int, default=5, help="median of this many runs")
     parser.add_argument("--hd-frames", type=int, default=60,
                         help="frames per clip for the 1280x720 pass (memory: 2.8 MB each)")
     args = parser.parse_args(argv)
@@ -135,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = MotionConfig()
     print(f"{len(paths)} clips; OpenCV {cv2.__version__}, {cv2.getNumThreads()} threads, "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; motion height {cfg.height}; "
-          f"best of {args.repeat}")
+          f"median of {args.repeat} after a warm-up")
     passes = (("320x240, as recorded", None, None),
               ("1280x720, upscaled (the Pi's main stream size)", (1280, 720), args.hd_frames))
     for label, size, limit in passes:
