@@ -231,7 +231,9 @@ def bench_mining(base: Path, quick: bool) -> None:
     images = crops(n_frames, (224, 224))
     scene = cv2.resize(crops(1, (320, 180), seed=5)[0], (1280, 720))
     directory = Path(tempfile.mkdtemp(prefix="spoolbench-", dir=base))
-    spent = dict.fromkeys([name for name, _ in models] + ["lazy", "eager"], 0.0)
+    spent = dict.fromkeys([name for name, _ in models] + [
+        f"{v}{part}" for v in ("lazy", "eager")
+        for part in ("", " writer cpu", " writer wall")], 0.0)
     try:
         spool = Spool(directory, SpoolConfig(max_count=100_000, max_bytes=2**40))
         rng = np.random.default_rng(2)
@@ -249,18 +251,30 @@ def bench_mining(base: Path, quick: bool) -> None:
                 start = time.perf_counter()
                 mine_one_visit(frames, spool, variant == "eager")
                 spent[variant] += time.perf_counter() - start
-            spool._drain()
+                # The writer's share, on its own clock: in the daemon this runs on the spool's
+                # writer thread (JPEG files, fsyncs, one SQLite commit), so it is CPU the
+                # device spends on mining even though the frame loop never waits for it.
+                cpu, wall = time.thread_time(), time.perf_counter()
+                spool.flush()  # write the batch now, as the writer thread would
+                spent[f"{variant} writer cpu"] += time.thread_time() - cpu
+                spent[f"{variant} writer wall"] += time.perf_counter() - wall
         spool.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     per = {k: v / (visits * n_frames) for k, v in spent.items()}
     print(f"\n2. mining cost per classified frame ({visits} visits x {n_frames} frames, "
           "224x224 crops; a spool holding 10,000 hashes)")
-    print(f"   mining, JPEG only for kept frames (the design): {per['lazy'] * 1e3:.3f} ms")
-    print(f"   mining, JPEG of every frame (for comparison):    {per['eager'] * 1e3:.3f} ms")
+    lazy = per["lazy"] + per["lazy writer cpu"]
+    eager = per["eager"] + per["eager writer cpu"]
+    print(f"   mining, JPEG only for kept frames (the design): {per['lazy'] * 1e3:.3f} ms in the "
+          f"events thread + {per['lazy writer cpu'] * 1e3:.3f} ms CPU on the writer thread "
+          f"({per['lazy writer wall'] * 1e3:.3f} ms wall, fsync waits included)")
+    print(f"   mining, JPEG of every frame (for comparison):    {per['eager'] * 1e3:.3f} ms + "
+          f"{per['eager writer cpu'] * 1e3:.3f} ms writer CPU")
     for name, _ in models:
-        print(f"   vs one classification, {name}: {per[name] * 1e3:.3f} ms -> mining = "
-              f"{per['lazy'] / per[name]:.1%} (every-frame JPEG: {per['eager'] / per[name]:.1%})")
+        print(f"   vs one classification, {name}: {per[name] * 1e3:.3f} ms -> mining incl. disk "
+              f"writes = {lazy / per[name]:.1%} (every-frame JPEG: {eager / per[name]:.1%}; "
+              "target <= 5%)")
 
 
 # ---- 3. export throughput ----------------------------------------------------------------
