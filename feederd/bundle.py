@@ -40,6 +40,7 @@ METADATA_PREFIX = "feederd."
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR")
 REQUIRED_KEYS = ("labels", "input", "version")
+MAX_VERSION_BYTES = 128
 
 Layout = Literal["NCHW", "NHWC"]
 Color = Literal["RGB", "BGR"]
@@ -176,6 +177,15 @@ class _Reader:
             raise self.fail(key, "must not be empty")
         return value
 
+    def version(self) -> str:
+        """The version names the installed file (``models/<version>.onnx``): bounded, so that
+        a file name cannot become too long for the file system (255 bytes)."""
+        value: str = self.string("version", required=True)
+        if len(value.encode()) > MAX_VERSION_BYTES:
+            raise self.fail("version", f"is {len(value.encode())} bytes long; at most "
+                            f"{MAX_VERSION_BYTES} are allowed (it names the installed file)")
+        return value
+
     def labels(self) -> tuple[str, ...]:
         value = self.get("labels", required=True)
         if not isinstance(value, list) or not value:
@@ -285,7 +295,7 @@ def parse_metadata(meta: Mapping[str, str], path: Path, sha256: str) -> Bundle:
         labels=labels,
         negative_labels=reader.negative_labels(labels),
         input=reader.input_spec(),
-        version=reader.string("version", required=True),
+        version=reader.version(),
         parent_version=reader.string("parent_version"),
         created=reader.string("created", "") or "",
         trained_on=reader.counts("trained_on"),

@@ -94,7 +94,13 @@ def _demo(args: argparse.Namespace, state: Path) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else (Path(args.config) if args.config else None)
-    settings = load_settings(path)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        if args.json:  # scripts get the problems on stdout as well; stderr as always
+            _emit({"valid": False, "file": str(path or "defaults"), "errors": exc.problems},
+                  True)
+        raise
     if args.json:
         _emit(json.loads(settings.model_dump_json()), True)
     else:
@@ -229,10 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a --config given before the command is not reset by the subcommand's default.
     common.add_argument("--config", "-c", default=argparse.SUPPRESS, help=config_help)
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
     parser = argparse.ArgumentParser(prog="feederd", description="Bird-feeder camera daemon.")
     parser.add_argument("--version", action="version", version=f"feederd {__version__}")
     parser.add_argument("--config", "-c", help=config_help)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_: str

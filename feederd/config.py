@@ -15,8 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
+from feederd.config_env import field_of_settings_error, malformed_json, unknown_variables
 from feederd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/feederd/feederd.toml")
@@ -72,6 +78,16 @@ class CameraConfig(Section):
     def _backoff_order(self) -> CameraConfig:
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
+
+    @model_validator(mode="after")
+    def _picamera_has_no_source(self) -> CameraConfig:
+        # picamera2 ignores source: "0" there would silently open the Pi camera, not a webcam.
+        if self.kind == "picamera2" and "source" in self.model_fields_set and \
+                self.source.strip() != "picamera2":
+            raise ValueError(f"source = {self.source!r} is not read by kind = 'picamera2' "
+                             "(the Pi camera module); for a USB webcam set kind = 'opencv' "
+                             "and source = '0' (its index), for the Pi camera remove source")
         return self
 
 
@@ -281,11 +297,36 @@ class Settings(BaseSettings):
             raise ConfigError(f"mqtt.password_file: cannot read {path}: {exc.strerror}") from exc
 
 
+def writable_dir(path: Path, key: str) -> Path:
+    """Create ``path`` if needed and check this user may write in it; else a ConfigError
+    naming ``key``: a traceback from deep inside the spool says nothing about the setting."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{key} = {str(path)!r}: cannot create this folder "
+                          f"({exc.strerror}); choose a folder this user can create") from exc
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} = {str(path)!r}: this user ({_user()}) cannot write there; "
+                          "fix its owner or permissions, or choose another folder")
+    return path
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def _describe(error: dict[str, Any]) -> str:
     """One ``section.key: problem; allowed`` line for a pydantic error."""
     loc = ".".join(str(part) for part in error["loc"]) or "(file)"
     if error["type"] == "extra_forbidden":
         return f"{loc}: unknown key; {_allowed_keys(error['loc'])}"
+    if error["type"] == "value_error":  # a cross-field rule: its message says it all
+        return f"{loc}: {error['msg'].removeprefix('Value error, ')}"
     return f"{loc}: {error['msg']} (got {error.get('input')!r})"
 
 
@@ -334,8 +375,16 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             data[key] = {**data.get(key, {}), **value}
         else:
             data[key] = value
+    if problems := unknown_variables(Settings):
+        raise ConfigError(f"{len(problems)} problem(s) in the environment", problems)
     try:
         return Settings(**data)
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]  # type: ignore[arg-type]
         raise ConfigError(f"{len(problems)} problem(s) in the configuration", problems) from exc
+    except SettingsError as exc:  # a FEEDERD_* value pydantic-settings cannot decode
+        section = field_of_settings_error(exc)
+        problems = malformed_json(section) or [
+            f"FEEDERD_{section.upper()}...: a value cannot be decoded ({exc}); lists and "
+            "tables are given as JSON"]
+        raise ConfigError(f"{len(problems)} problem(s) in the environment", problems) from exc

@@ -21,7 +21,7 @@ from feederd.assets import demo_clip_path, demo_model_path
 from feederd.capture import open_source
 from feederd.capture.base import FrameSource
 from feederd.classifier import Classifier
-from feederd.config import Settings, load_settings
+from feederd.config import Settings, load_settings, writable_dir
 from feederd.events import EventQueue, JsonLinesSink, LinkEvents
 from feederd.health import HEALTH_FILE, HealthFile
 from feederd.jobs import Jobs
@@ -144,6 +144,9 @@ class Daemon:
 
     def run(self) -> int:
         """Build, start, loop until the source ends or a signal arrives, then stop cleanly."""
+        writable_dir(self.settings.state_dir, "state_dir")
+        writable_dir(self.settings.spool_dir, "spool.dir" if self.settings.spool.dir
+                     else "state_dir")
         self._init_classifier()
         self._init_storage()
         self._init_mqtt()

@@ -10,6 +10,7 @@ booting after the same power cut.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def open_source(cfg: CameraConfig, motion_height: int,
                 demo_clip: Path | None = None) -> FrameSource:
     """The frame source ``cfg`` describes; raises :class:`CameraError` naming what to fix."""
     kind, source = cfg.kind, cfg.source.strip()
+    _check_permission(source)
     if kind == "picamera2" or (kind == "auto" and source == "picamera2"):
         return PiCameraSource(cfg, motion_height)
     if kind == "demo" or (kind == "auto" and source == "demo"):
@@ -61,6 +63,21 @@ def open_source(cfg: CameraConfig, motion_height: int,
         f"camera.source = {source!r}: no such file or folder. Give 'demo', a device index "
         "('0'), an rtsp:// or http:// URL, a video file, an image folder, or 'picamera2'"
     )
+
+
+def _check_permission(source: str) -> None:
+    """A file, folder or /dev/videoN this user may not read fails now, naming it: OpenCV
+    would only say it cannot decode, and a live camera would be retried for ever."""
+    path = Path(f"/dev/video{int(source)}") if source.isdigit() else Path(source).expanduser()
+    if source in ("demo", "picamera2") or _URL.match(source) or not path.exists():
+        return
+    need = os.R_OK | (os.X_OK if path.is_dir() else os.W_OK if source.isdigit() else 0)
+    if os.access(path, need):
+        return
+    fix = ("add the user to the 'video' group (`sudo usermod -aG video USER`, then log in "
+           "again)" if source.isdigit() else "fix its permissions or owner")
+    raise CameraError(f"camera.source = {source!r}: permission denied on {path} for this "
+                      f"user (uid {os.getuid()}); {fix}")
 
 
 def _demo(cfg: CameraConfig, motion_height: int, demo_clip: Path | None) -> FrameSource:

@@ -91,6 +91,7 @@ class FolderSource:
         self._gap_frames = round(cfg.folder_gap_s * cfg.fps)
         self._background = np.full((cfg.height, cfg.width, 3), BACKGROUND_GREY, np.uint8)
         self._unreadable: set[Path] = set()
+        self._require_one_image()
         self._timeline = self._steps()
         self._pacer = Pacer(cfg.fps) if cfg.realtime else None
         self._seq = 0
@@ -149,6 +150,15 @@ class FolderSource:
                 logger.error("%s: none of the images could be read; stopping the replay",
                              self._folder)
                 return
+
+    def _require_one_image(self) -> None:
+        """Fail at start-up, like an empty folder, when not one image decodes: a replay of
+        nothing but grey would otherwise end quietly with exit 0."""
+        if any(self._load(path) is not None for path in self._paths):
+            return
+        raise CameraError(f"camera.source: none of the {len(self._paths)} image file(s) in "
+                          f"{self._folder} can be decoded (e.g. {self._paths[0].name}); are "
+                          "they images OpenCV reads (JPEG, PNG, BMP, WebP, TIFF)?")
 
     def _load(self, path: Path) -> np.ndarray | None:
         if path in self._unreadable:

@@ -13,6 +13,18 @@ import numpy as np
 
 HASH_BITS = 64
 _NO_MATCH = HASH_BITS + 1
+# Set bits of every byte value: numpy < 2 has no popcount ufunc (Debian 12 ships numpy 1.24).
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount_table(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64, by a byte lookup table: works on every numpy >= 1.24."""
+    as_bytes = np.ascontiguousarray(values, dtype=np.uint64).view(np.uint8)
+    return _BYTE_BITS[as_bytes].reshape(-1, 8).sum(axis=1, dtype=np.int64)
+
+
+# numpy >= 2.0's ufunc is ~5x faster; the table gives the same answer where it is missing.
+popcount = getattr(np, "bitwise_count", popcount_table)
 
 
 def dhash(image: np.ndarray) -> int:
@@ -92,7 +104,7 @@ class HashIndex:
         if not live.any():
             return _NO_MATCH
         diff = np.bitwise_xor(self._hashes[: self._used][live], np.uint64(value))
-        return int(np.bitwise_count(diff).min())
+        return int(popcount(diff).min())
 
     def _grow(self) -> None:
         live = self._ranks[: self._used] >= 0
