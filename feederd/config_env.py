@@ -19,11 +19,13 @@ from pydantic import BaseModel
 ENV_PREFIX = "FEEDERD_"
 NESTED = "__"
 
-# Variables with the prefix that are not configuration: test and fault-injection knobs.
+# Variables with the prefix that are not configuration: test knobs, and every fault-injection
+# knob (FEEDERD_FAULT_*).
 NOT_CONFIG = frozenset({
-    "FEEDERD_REQUIRE_SHARED_DATA", "FEEDERD_SHARED_DATA", "FEEDERD_FAULT_STALL_AFTER_FRAMES",
-    "FEEDERD_KILL_SEED", "FEEDERD_KILL_ROUNDS", "FEEDERD_PI_ROOTS", "FEEDERD_PI_MIRROR",
+    "FEEDERD_REQUIRE_SHARED_DATA", "FEEDERD_SHARED_DATA", "FEEDERD_KILL_SEED",
+    "FEEDERD_KILL_ROUNDS", "FEEDERD_PI_ROOTS", "FEEDERD_PI_MIRROR",
 })
+FAULT_PREFIX = "FEEDERD_FAULT_"
 
 
 def unknown_variables(settings_cls: type[BaseModel],
@@ -32,7 +34,9 @@ def unknown_variables(settings_cls: type[BaseModel],
     environ = os.environ if environ is None else environ
     problems = []
     for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() in NOT_CONFIG:
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NOT_CONFIG or \
+                upper.startswith(FAULT_PREFIX):
             continue
         if not _names_a_key(settings_cls, name[len(ENV_PREFIX):].lower().split(NESTED)):
             problems.append(f"{name}: this environment variable names no config section or "

@@ -57,7 +57,7 @@ class TestTheEnvironment:
         proc = feederd("check-config", config=quiet_config(tmp_path), env={
             "FEEDERD_MQTT__HOST": "broker.lan", "FEEDERD_STATE_DIR": str(tmp_path),
             "FEEDERD_LOGGING__LEVELS__feederd.mqtt": "DEBUG",
-            "FEEDERD_REQUIRE_SHARED_DATA": "1"})
+            "FEEDERD_REQUIRE_SHARED_DATA": "1", "FEEDERD_FAULT_SENDER_HANG_AFTER": "0"})
         assert proc.returncode == 0, proc.stderr
 
 
