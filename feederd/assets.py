@@ -1,6 +1,8 @@
-"""Where the bundled demo model and clip are, in a source checkout and in an installed wheel.
+"""Where the bundled models and the demo clip are, in a source checkout and an installed wheel.
 
-The files live in the repository's top-level ``models/`` folder (built by
+The files live in the repository's top-level ``models/`` folder: the AIY Birds V1 bundle that
+``feederd run`` uses when no model is configured or installed (made by
+``tools/convert_tflite.py``), and the cartoon demo model and clip of ``feederd demo`` (made by
 ``tools/make_demo_assets.py``). A source checkout or editable install (``pip install -e .``)
 finds them next to the package; a wheel carries them as the package data
 ``feederd/assets_data/`` when the build maps that folder there (see ``models/README.md``).
@@ -16,6 +18,7 @@ from feederd.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_MODEL = "aiy_birds_v1.onnx"
 DEMO_MODEL = "demo.onnx"
 DEMO_CLIP = "demo-clip.mp4"
 _PACKAGE_DATA = "feederd.assets_data"
@@ -38,8 +41,14 @@ def asset_path(name: str) -> Path:
         if candidate.is_file():
             return candidate
     searched = ", ".join(str(folder) for folder in asset_dirs())
-    raise ModelError(f"bundled demo file {name} not found (searched {searched}); reinstall "
-                     "feederd or run tools/make_demo_assets.py in a source checkout")
+    raise ModelError(f"bundled file {name} not found (searched {searched}); reinstall "
+                     "feederd, or in a source checkout run tools/make_demo_assets.py (demo) or "
+                     "tools/convert_tflite.py (the bird model)")
+
+
+def default_model_path() -> Path:
+    """AIY Birds V1 (964 species + background), the model of ``feederd run`` out of the box."""
+    return asset_path(DEFAULT_MODEL)
 
 
 def demo_model_path() -> Path:

@@ -77,6 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace, state: Path) -> int:
+    from feederd.assets import demo_model_path
     from feederd.daemon import Daemon
     from feederd.logsetup import setup_logging
 
@@ -84,7 +85,7 @@ def _demo(args: argparse.Namespace, state: Path) -> int:
         "state_dir": str(state),
         "camera": {"kind": "auto", "source": "demo", "realtime": args.realtime,
                    "loop": args.loop},
-        "classifier": {"model": ""},
+        "classifier": {"model": str(demo_model_path())},
         "mqtt": {"enabled": args.mqtt},
     }
     settings = _settings(args, **overrides)
@@ -119,19 +120,28 @@ def cmd_classify(args: argparse.Namespace) -> int:
         if not Path(name).is_file():
             raise FeederError(f"{name}: no such image file")
     classifier = Classifier(resolve_model_path(settings), settings.classifier.threads)
+    bundle = classifier.bundle
     results = []
     for name in args.images:
         prediction, _ = classifier.classify(_read_image(name), None, 1.0, args.top_k)
-        results.append({"image": name, "label": prediction.label,
+        label = prediction.label
+        results.append({"image": name, "label": label,
+                        "display_name": bundle.display_name(label),
+                        "scientific_name": bundle.scientific_name(label),
                         "confidence": round(prediction.confidence, 4),
                         "margin": round(prediction.margin, 4),
                         "top": dict(zip(prediction.labels,
                                         (round(s, 4) for s in prediction.scores),
                                         strict=True))})
     _emit(results, args.json, lambda rs: "\n".join(
-        f"{r['image']}: {r['label']} ({r['confidence']:.2f}, margin {r['margin']:.2f})"
-        for r in rs))
+        f"{r['image']}: {_named(r['display_name'], r['label'])} ({r['confidence']:.2f}, "
+        f"margin {r['margin']:.2f})" for r in rs))
     return EXIT_OK
+
+
+def _named(display: str, label: str) -> str:
+    """"Tufted Titmouse [tufted_titmouse]"; a bare label when the model has no names."""
+    return label if display in (label, label.replace("_", " ")) else f"{display} [{label}]"
 
 
 def _read_image(name: str) -> np.ndarray:
@@ -201,17 +211,55 @@ def _no_spool_stats(settings: Settings) -> dict[str, Any]:
 
 # --- model ------------------------------------------------------------------------------------
 
+_LS_LABELS = 8  # labels shown per version in the text of `model ls` (--json has them all)
+
 def cmd_model(args: argparse.Namespace) -> int:
     from feederd.modelstore import store_for
 
+    if args.model_cmd == "import":
+        return _model_import(args)
     settings = _settings(args)
     store = store_for(settings)  # compares a candidate on the spool's owner-labelled samples
     if args.model_cmd == "ls":
-        _emit(store.ls(), args.json)
+        _emit(store.ls(), args.json, _model_ls_text)
     elif args.model_cmd == "install":
         _emit(store.install_file(Path(args.file), force=args.force), args.json)
     elif args.model_cmd == "rollback":
         _emit(store.rollback(), args.json)
+    return EXIT_OK
+
+
+def _model_ls_text(entries: list[dict[str, Any]]) -> str:
+    """One block per version; labels as "Common Name (label)", the first few only."""
+    blocks = []
+    for entry in entries:
+        shown = {k: v for k, v in entry.items() if k not in ("labels", "display_names")}
+        labels, names = entry.get("labels", []), entry.get("display_names", {})
+        named = [f"{names[label]} ({label})" if label in names else label
+                 for label in labels[:_LS_LABELS]]
+        more = f", ... and {len(labels) - _LS_LABELS} more" if len(labels) > _LS_LABELS else ""
+        shown["labels"] = f"{len(labels)}: {', '.join(named)}{more}"
+        blocks.append(_table(shown))
+    return "\n\n".join(blocks) if blocks else "no models installed (feederd run uses the "\
+        "bundled AIY Birds V1 model)"
+
+
+def _model_import(args: argparse.Namespace) -> int:
+    """TFLite -> bundle with the device-side converter (no TensorFlow), then validate it."""
+    from feederd.classifier import validate_bundle
+    from feederd.tflite_import import import_tflite
+
+    source = Path(args.file)
+    out = Path(args.out) if args.out else source.with_suffix(".onnx")
+    if out.resolve() == source.resolve():
+        raise FeederError(f"{out}: --out must differ from the TFLite file")
+    import_tflite(source, out, labels=Path(args.labels) if args.labels else None,
+                  names=Path(args.names) if args.names else None, version=args.version)
+    bundle = validate_bundle(out)
+    _emit({"file": str(out), "version": bundle.version, "labels": len(bundle.labels),
+           "negative_labels": sorted(bundle.negative_labels)}, args.json,
+          lambda d: f"wrote {d['file']}: {d['version']}, {d['labels']} labels; install it "
+                    f"with: feederd model install {d['file']}")
     return EXIT_OK
 
 
@@ -302,6 +350,15 @@ def _add_model(sub: Any, common: argparse.ArgumentParser) -> None:
     install.add_argument("--force", action="store_true",
                          help="install even if it does worse on recent labelled samples")
     msub.add_parser("rollback", parents=[common], help="go back to the previous model")
+    imp = msub.add_parser("import", parents=[common], help="convert a TFLite image classifier "
+                          "into a bundle (needs: pip install 'feederd[import]')")
+    imp.add_argument("file", metavar="FILE.tflite")
+    imp.add_argument("--labels", metavar="FILE", help="one class name per line, in output "
+                     "order (default: the label file inside the .tflite)")
+    imp.add_argument("--names", metavar="FILE", help="'Scientific (Common)' lines that give "
+                     "common names to scientific labels")
+    imp.add_argument("--out", metavar="FILE", help="bundle to write (default: FILE.onnx)")
+    imp.add_argument("--version", help="version name (default: the file name)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from types import FrameType
 from typing import IO, Any
 
 from feederd import __version__
-from feederd.assets import demo_clip_path, demo_model_path
+from feederd.assets import default_model_path, demo_clip_path
 from feederd.capture import open_source
 from feederd.capture.base import FrameSource
 from feederd.classifier import Classifier
@@ -47,11 +47,12 @@ def model_store_for(settings: Settings) -> ModelStore:
 
 
 def resolve_model_path(settings: Settings) -> Path:
-    """The configured bundle, else the installed ``current`` one, else the bundled demo."""
+    """The configured bundle, else the installed ``current`` one, else the bundled AIY Birds V1
+    model (``feederd demo`` configures the cartoon demo model explicitly)."""
     if settings.classifier.model:
         return Path(settings.classifier.model).expanduser()
     current = model_store_for(settings).current_path()
-    return current if current is not None else demo_model_path()
+    return current if current is not None else default_model_path()
 
 
 def _copy_fields(source: Any, target: Any) -> None:

@@ -133,7 +133,7 @@ def check_model(settings: Settings) -> Check:
             store.current_path() is None:
         return Check("model", False, f"{store.dir}/current points to "
                      f"{store.current_target()}, which is missing; feederd would fall back to "
-                     "the demo model", fix)
+                     "the bundled AIY Birds V1 model", fix)
     path = resolve_model_path(settings)
     try:
         bundle = validate_bundle(path)

@@ -135,6 +135,7 @@ class ModelStore:
                 bundle = read_bundle(path)
                 entry.update({"version": bundle.version, "parent_version": bundle.parent_version,
                               "created": bundle.created, "labels": list(bundle.labels),
+                              "display_names": bundle.display_names,
                               "metrics": bundle.metrics, "sha256": bundle.sha256})
             except ModelError as exc:
                 entry["error"] = str(exc)

@@ -7,13 +7,13 @@ Everything that touches disk or network happens behind :class:`feederd.events.Ev
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from feederd.classifier import Classifier
 from feederd.config import ClassifierConfig
 from feederd.events import PipelineEvents
 from feederd.motion import MotionDetector, VisitStateMachine
-from feederd.types import Frame
+from feederd.types import Alert, Frame
 from feederd.visits import VisitTracker
 
 logger = logging.getLogger(__name__)
@@ -85,10 +85,17 @@ class Pipeline:
         classified, alert = self._tracker.add(frame, prediction, box, crop, version)
         self._events.on_classified(classified)
         if alert is not None:
+            alert = self._named(alert)
             self.counters.alerts += 1
             logger.info("alert %s: %s (%.2f, %d frames)", alert.event_id, alert.label,
                         alert.confidence, alert.frames)
             self._events.on_alert(alert)
+
+    def _named(self, alert: Alert) -> Alert:
+        """The alert with the names people read, from the bundle (once per visit)."""
+        bundle = self._classifier.bundle
+        return replace(alert, display_name=bundle.display_name(alert.label),
+                       scientific_name=bundle.scientific_name(alert.label))
 
     def close_visit(self, wall: float) -> None:
         """Close the open visit at the end of a replay or on shutdown."""

@@ -104,6 +104,8 @@ class Alert:
     snapshot: np.ndarray | None = field(default=None, compare=False, repr=False)
     decided_mono: float = 0.0  # time.monotonic() when the frame loop decided (for latency)
     since_motion_s: float = 0.0  # frame-clock seconds from the visit's first motion frame
+    display_name: str = ""  # the name people read ("Tufted Titmouse"); "" = use the label
+    scientific_name: str | None = None  # "Baeolophus bicolor", where the model knows it
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import pytest
 from brokers import Mosquitto, Probe, free_port
 from daemonproc import write_config
 
-from feederd.assets import demo_clip_path, demo_model_path
+from feederd.assets import default_model_path, demo_clip_path, demo_model_path
 from feederd.bundle import METADATA_PREFIX
 from feederd.classifier import square_crop
 from feederd.cli import build_parser, main
@@ -39,7 +39,7 @@ TIMEOUT_S = 120
 
 COMMANDS = ["run", "demo", "check-config", "classify", "reply", "spool", "model", "doctor"]
 ACTIONS = {"spool": ["ls", "stats", "show", "export", "ack"],
-           "model": ["ls", "install", "rollback"]}
+           "model": ["ls", "install", "rollback", "import"]}
 EVERY_HELP = [[c] for c in COMMANDS] + [[c, a] for c, actions in ACTIONS.items()
                                         for a in actions]
 
@@ -192,12 +192,21 @@ def photos(tmp_path_factory: pytest.TempPathFactory, scene: ModuleType) -> dict[
 
 
 class TestClassify:
+    @pytest.fixture
+    def config(self, tmp_path: Path) -> Path:
+        """The cartoon photos need the cartoon model (run's default is AIY Birds V1)."""
+        return write_config(tmp_path / "feederd.toml", {
+            "state_dir": str(tmp_path / "state"),
+            "classifier": {"model": str(demo_model_path())},
+        })
+
     def test_a_bird_photo_is_named_in_json(self, config: Path, photos: dict[str, Path]) -> None:
         (result,) = json_out(feederd("classify", str(photos["cardinal"]), "--json",
                                      config=config))
         assert result["image"] == str(photos["cardinal"])
         assert result["label"] == "cardinal"
-        assert set(result) == {"image", "label", "confidence", "margin", "top"}
+        assert set(result) == {"image", "label", "display_name", "scientific_name",
+                               "confidence", "margin", "top"}
         assert len(result["top"]) == 3 and result["top"]["cardinal"] == result["confidence"]
 
     def test_several_images_give_one_result_each_in_order(self, config: Path,
@@ -223,6 +232,18 @@ class TestClassify:
         missing = tmp_path / "nowhere.jpg"
         assert_clear_failure(feederd("classify", str(missing), config=config), 2,
                              str(missing), "no such")
+
+
+@pytest.mark.shared_data
+class TestClassifyWithTheDefaultModel:
+    def test_a_real_blue_jay_is_named_for_people_with_its_label_beside(
+            self, config: Path, shared_data: Path) -> None:
+        photo = shared_data / "images" / "bird" / "blue_jay" / "serizba_visi_0007.jpg"
+        (result,) = json_out(feederd("classify", str(photo), "--json", config=config))
+        assert (result["label"], result["display_name"], result["scientific_name"]) == (
+            "blue_jay", "Blue Jay", "Cyanocitta cristata")
+        text = feederd("classify", str(photo), config=config).stdout
+        assert text.startswith(f"{photo}: Blue Jay [blue_jay] (")
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -257,6 +278,13 @@ def versions(config: Path) -> list[tuple[str, bool, bool]]:
 class TestModel:
     def test_nothing_is_installed_on_a_fresh_device(self, config: Path) -> None:
         assert json_out(feederd("model", "ls", "--json", config=config)) == []
+
+    def test_ls_shows_common_names_with_the_label_beside_them(self, config: Path) -> None:
+        feederd("model", "install", str(default_model_path()), "--json", config=config)
+        text = feederd("model", "ls", config=config).stdout
+        assert "version         aiy-birds-v1" in text
+        assert "labels          965: Cassin's Finch (cassins_finch), Limpkin (limpkin)," in text
+        assert "and 957 more" in text
 
     def test_install_ls_and_rollback_round_trip(self, config: Path,
                                                 bundles: dict[str, Path]) -> None:

@@ -25,6 +25,8 @@ CLI = [sys.executable, "-m", "feederd.cli"]
 def base_config(tmp_path: Path, **sections: dict) -> dict:
     config: dict = {"state_dir": str(tmp_path / "state"),
                     "camera": {"source": "demo", "realtime": True, "loop": True},
+                    # the cartoon clip needs the cartoon model (run's default is AIY Birds V1)
+                    "classifier": {"model": str(demo_model_path())},
                     "mqtt": {"enabled": False},
                     "jobs": {"stats_interval_s": 1.0}}
     for name, values in sections.items():

@@ -20,7 +20,7 @@ from daemonproc import DaemonProcess, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from feederd.assets import demo_clip_path
+from feederd.assets import demo_clip_path, demo_model_path
 
 DEVICE = "feeder1"
 TOPIC = f"feederd/{DEVICE}"
@@ -52,6 +52,8 @@ def daemon_config(tmp_path: Path, clip: Path, port: int, **extra: Any) -> Path:
     config: dict[str, Any] = {
         "state_dir": str(tmp_path / "state"),
         "camera": {"source": str(clip), "realtime": True, "loop": True},
+        # the cartoon clip needs the cartoon model (run's default is AIY Birds V1)
+        "classifier": {"model": str(demo_model_path())},
         "motion": {"close_after_s": 0.75},
         "visits": {"classify_fps": 16.0},
         "spool": {"commit_interval_s": 0.2},
@@ -76,8 +78,9 @@ class TestAlerts:
         try:
             [alert] = probe.wait_for(f"{TOPIC}/alert", 1, 60)[:1]
             payload = json.loads(alert.payload)
-            assert set(payload) == {"event_id", "time", "label", "confidence", "margin",
-                                    "frames", "model_version", "reply_to"}
+            assert set(payload) == {"event_id", "time", "label", "display_name",
+                                    "scientific_name", "confidence", "margin", "frames",
+                                    "model_version", "reply_to"}
             assert alert.qos == 1
             assert alert.response_topic == payload["reply_to"] == f"{TOPIC}/feedback"
             assert alert.correlation_data == payload["event_id"].encode()

@@ -17,6 +17,8 @@ from daemonproc import DaemonProcess, write_config
 from test_daemon import NotifySocket
 from test_daemon_spool import fill_disk
 
+from feederd.assets import demo_model_path
+
 # Fixtures shared with the daemon's and the spool's tests.
 notify_socket, tiny_disk = test_daemon.notify_socket, test_daemon_spool.tiny_disk
 
@@ -31,6 +33,8 @@ def daemon_config(tmp_path: Path, state: Path, broker: Mosquitto, **mqtt: Any) -
     return write_config(tmp_path / "feederd.toml", {
         "state_dir": str(state),
         "camera": {"source": "demo", "realtime": False, "loop": True},
+        # the cartoon clip needs the cartoon model (run's default is AIY Birds V1)
+        "classifier": {"model": str(demo_model_path())},
         "mining": {"dedup_distance": 0},
         "spool": {"commit_interval_s": 0.05, "min_free_bytes": 256 * 1024},
         "mqtt": {"host": broker.host, "port": broker.port, "device_id": DEVICE,

@@ -28,6 +28,8 @@ import pytest
 from brokers import Mosquitto, Probe, wait_until
 from daemonproc import DaemonProcess, write_config
 
+from feederd.assets import demo_model_path
+
 DEVICE = "feeder1"
 TOPIC = f"feederd/{DEVICE}"
 CLI = [sys.executable, "-m", "feederd.cli"]
@@ -47,6 +49,8 @@ def config_file(tmp_path: Path, name: str = "feederd.toml", **sections: Any) -> 
     config: dict[str, Any] = {
         "state_dir": str(tmp_path / "state"),
         "camera": {"source": "demo", "realtime": False, "loop": False},
+        # the cartoon clip needs the cartoon model (run's default is AIY Birds V1)
+        "classifier": {"model": str(demo_model_path())},
         "mqtt": {"enabled": False},
         "spool": {"commit_interval_s": 0.05},
     }

@@ -122,7 +122,7 @@ class TestAGoodSetup:
 
     def test_each_check_says_what_it_found(self, feeder: Feeder) -> None:
         checks = feeder.doctor().checks
-        assert "demo-1" in checks["model"]["detail"]
+        assert "aiy-birds-v1: 965 labels" in checks["model"]["detail"]  # run's default model
         assert "480x360" in checks["camera"]["detail"]
         assert f"{feeder.broker.port}: connected as {USER}" in checks["mqtt"]["detail"]
         assert "MiB free" in checks["disk"]["detail"]

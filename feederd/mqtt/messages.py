@@ -21,11 +21,14 @@ def iso_time(t: float) -> str:
 
 def alert_payload(alert: Alert, reply_to: str | None = None) -> dict[str, Any]:
     """The alert JSON; ``reply_to`` is the feedback topic, for MQTT 3.1.1 clients (left out
-    when ``None``, e.g. for the demo's JSON lines)."""
+    when ``None``, e.g. for the demo's JSON lines). ``label`` is the stable key (replies,
+    species lists); ``display_name`` and ``scientific_name`` (null if unknown) are for people."""
     payload = {
         "event_id": alert.event_id,
         "time": iso_time(alert.time),
         "label": alert.label,
+        "display_name": alert.display_name or alert.label,
+        "scientific_name": alert.scientific_name,
         "confidence": _number(alert.confidence),
         "margin": _number(alert.margin),
         "frames": alert.frames,
