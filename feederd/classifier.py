@@ -264,6 +264,11 @@ def _open_session(data: bytes, path: Path, threads: int) -> ort.InferenceSession
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Worker threads that busy-wait after each run steal the Pi's two cores from capture and
+    # motion between frames (feederd classifies a few crops a second, never back to back);
+    # on a busy 2-core machine spinning made 2-thread runs several times slower
+    # (tools/bench/litert_bench.py, "ort spinning").
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail...: all pybind types

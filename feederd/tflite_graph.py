@@ -37,6 +37,7 @@ INPUT = "image"
 PROBS = "probs"
 EMBEDDING = "embedding"
 OPSET = 13
+MODES = ("qdq", "qdq-s8", "fp32")
 _NUMPY = {tflite.TensorType.UINT8: np.uint8, tflite.TensorType.INT8: np.int8,
           tflite.TensorType.INT32: np.int32, tflite.TensorType.FLOAT32: np.float32}
 _OPNAMES = {value: name for name, value in vars(tflite.BuiltinOperator).items()
@@ -76,14 +77,23 @@ def load_model(data: bytes, source: str) -> Any:
 
 
 class Converter:
-    """Walks the operators of one subgraph and emits ONNX nodes; ``quantized=False`` writes
-    the fp32 variant (weights dequantized, no activation rounding), kept for comparisons."""
+    """Walks the operators of one subgraph and emits ONNX nodes.
 
-    def __init__(self, model: Any, source: str, quantized: bool = True) -> None:
+    ``mode`` is one of :data:`MODES`: ``qdq`` keeps the model's integers as they are (uint8
+    weights run on onnxruntime's u8u8 kernels, exact on every CPU); ``qdq-s8`` stores uint8
+    weights as int8 with the zero point moved by 128 (the same real values; u8s8 kernels, faster
+    on x86 with VNNI but liable to int16 saturation on AVX2 without it); ``fp32`` dequantizes
+    the weights and drops activation rounding (for comparisons: it changes answers).
+    """
+
+    def __init__(self, model: Any, source: str, mode: str = "qdq") -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.model = model
         self.sub = model.Subgraphs(0)
         self.source = source
-        self.quantized = quantized
+        self.quantized = mode != "fp32"
+        self.signed_weights = mode == "qdq-s8"
         self.graph = Graph(name="feederd_tflite")
         self.values: dict[int, str] = {}  # TFLite tensor index -> float ONNX name
         self.consumers = self._count_consumers()
@@ -188,6 +198,9 @@ class Converter:
                 * quant.scale.reshape(shape)
             self.graph.initializers[name] = real.astype(np.float32)
             return name
+        if self.signed_weights and array.dtype == np.uint8 and array.ndim > 1:
+            array = (array.astype(np.int16) - 128).astype(np.int8)
+            quant = Quant(quant.scale, quant.zero_point - 128, quant.axis)
         self.graph.initializers[name + "_q"] = array
         return self._dequantize(name + "_q", name, quant, array.dtype, axis)
 
@@ -389,6 +402,6 @@ class Converter:
                                      {"axis": 1}))
 
 
-def convert_graph(data: bytes, source: str, quantized: bool = True) -> ConvertedGraph:
+def convert_graph(data: bytes, source: str, mode: str = "qdq") -> ConvertedGraph:
     """The ONNX graph of TFLite file bytes ``data`` (``source`` names it in errors)."""
-    return Converter(load_model(data, source), source, quantized).convert()
+    return Converter(load_model(data, source), source, mode).convert()

@@ -40,10 +40,11 @@ _EMBEDDED_LABELS = ("probability-labels-en.txt", "labels.txt")
 def import_tflite(source: Path, out: Path, labels: Path | None = None,
                   names: Path | None = None, version: str | None = None,
                   created: str | None = None, metrics: Mapping[str, Any] | None = None,
-                  quantized: bool = True) -> Path:
+                  mode: str = "qdq") -> Path:
     """Convert ``source`` (.tflite) into the bundle ``out``; returns ``out``.
 
-    ``quantized=False`` writes the fp32 variant (for comparisons only: it changes answers).
+    ``mode`` is ``qdq`` (the default, exact), ``qdq-s8`` or ``fp32``: see
+    :class:`feederd.tflite_graph.Converter`.
     The file is written to a temporary name and renamed, so ``out`` is never half-written;
     callers validate it with :func:`feederd.classifier.validate_bundle`.
     """
@@ -53,7 +54,7 @@ def import_tflite(source: Path, out: Path, labels: Path | None = None,
         raise ModelError("importing a TFLite model needs the tflite package: "
                          "pip install 'feederd[import]'") from exc
     data = _read(source)
-    converted = convert_graph(data, str(source), quantized)
+    converted = convert_graph(data, str(source), mode)
     species = label_set(data, source, labels, names)
     width = converted.graph.outputs[-1].shape[1]
     if len(species.labels) != width:
@@ -68,7 +69,7 @@ def import_tflite(source: Path, out: Path, labels: Path | None = None,
         "trained_on": {}, "display_names": species.display_names,
         "scientific_names": species.scientific_names,
         "metrics": {"source": source.name, "source_sha256": hashlib.sha256(data).hexdigest(),
-                    "conversion": "qdq" if quantized else "fp32", **dict(metrics or {})},
+                    "conversion": mode, **dict(metrics or {})},
     }
     blob = serialize_model(converted.graph, 13, encode_metadata(meta), "feederd-tflite-import")
     _write(out, blob)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from feederd.assets import default_model_path, demo_model_path
@@ -26,6 +27,9 @@ class TestTheDefaultModel:
         assert aiy.bundle.version == "aiy-birds-v1"
         assert len(aiy.bundle.labels) == 965 and aiy.bundle.labels[-1] == "background"
         assert aiy.bundle.negative_labels == frozenset({"background"})
+
+    def test_it_passes_the_onnx_checker(self) -> None:
+        onnx.checker.check_model(onnx.load(str(default_model_path())), full_check=True)
 
     def test_it_takes_rgb_pixels_centred_on_128(self, aiy: Classifier) -> None:
         spec = aiy.bundle.input

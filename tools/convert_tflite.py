@@ -4,7 +4,7 @@
     python tools/convert_tflite.py --source ../shared/data/models/inat_bird_mobilenet_v2/\
 mobilenet_v2_1.0_224_inat_bird_quant.tflite --out /tmp/inat.onnx --version inat-bird-v2
     python tools/convert_tflite.py --measure-only  # figures for the committed bundle
-    python tools/convert_tflite.py --compare-fp32  # QDQ vs an fp32 graph, same photos
+    python tools/convert_tflite.py --compare fp32 qdq-s8  # the variants, same photos
 
 The conversion itself is :func:`feederd.tflite_import.import_tflite` (the code behind
 ``feederd model import``; no TensorFlow). This script adds what only a maintainer has: the
@@ -159,12 +159,12 @@ def measure(bundle_path: Path, tflite_path: Path, shared: Path, threads: int,
     return figures, reference
 
 
-def convert(args: argparse.Namespace, out: Path, quantized: bool = True,
+def convert(args: argparse.Namespace, out: Path, mode: str = "qdq",
             metrics: dict[str, float] | None = None) -> Path:
     names = args.names if args.names and args.names.is_file() else None
     return import_tflite(args.source, out, labels=args.labels, names=names,
                          version=args.version, created=args.created, metrics=metrics,
-                         quantized=quantized)
+                         mode=mode)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--measure-only", action="store_true",
                         help="measure --out as it is, write nothing")
-    parser.add_argument("--compare-fp32", action="store_true",
-                        help="also build and measure the fp32 variant (not written)")
+    parser.add_argument("--compare", nargs="*", default=[], choices=["fp32", "qdq-s8"],
+                        help="also build and measure these variants (not written)")
     args = parser.parse_args(argv)
     if args.measure_only:
         measure(args.out, args.source, args.shared, args.threads)
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         draft = convert(args, Path(tmp) / "draft.onnx")
         figures, reference = measure(draft, args.source, args.shared, args.threads)
-        if args.compare_fp32:
-            fp32 = convert(args, Path(tmp) / "fp32.onnx", quantized=False)
-            measure(fp32, args.source, args.shared, args.threads, reference)
+        for mode in args.compare:
+            other = convert(args, Path(tmp) / f"{mode}.onnx", mode=mode)
+            measure(other, args.source, args.shared, args.threads, reference)
     convert(args, args.out, metrics=figures)
     print(json.dumps(figures, indent=1))
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

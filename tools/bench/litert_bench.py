@@ -10,12 +10,17 @@ count. Three paths are timed per image:
 - ``litert``: ``set_tensor`` (uint8) + ``invoke`` + ``get_tensor``;
 - ``ort``: a bare ``session.run`` of the bundle on the float input ``prepare`` made;
 - ``ort+prepare``: what feederd does per crop after resizing: the float normalisation into the
-  reused buffer, then ``session.run``.
+  reused buffer, then ``session.run``;
+- ``ort spinning``: the bare run in a session whose worker threads busy-wait between runs
+  (onnxruntime's default, which feederd's classifier turns off);
+- ``ort qdq-s8`` (``--variant``): the bare run of the same .tflite converted with int8 weights
+  (see :class:`feederd.tflite_graph.Converter`), to show what that would gain.
 
 Everything is warmed first; rounds interleave the paths (rotating which goes first) so that a
 busy machine slows all alike; each round's figure is the mean over the images, and the
-min/median/max of the rounds are printed with the ratios of the medians. Goal: ort / litert
-<= 1.0.
+min/median/max of the rounds are printed with the ratios of the medians, and the median
+process CPU time per image (all threads; less sensitive to other load than wall time at one
+thread). Goal: ort / litert <= 1.0.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import csv
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +40,7 @@ import numpy as np
 
 from feederd.assets import default_model_path
 from feederd.classifier import Classifier, resize_for_model
+from feederd.tflite_import import import_tflite
 
 DEFAULT_SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 TFLITE = Path("models") / "aiy_birds_v1" / "aiy_birds_v1.tflite"
@@ -81,23 +88,59 @@ def ort_paths(bundle: Path, images_bgr: list[np.ndarray], threads: int
     return bare, with_prepare
 
 
-def per_image_ms(work: Callable[[], None], images: int) -> float:
-    start = time.perf_counter()
+def spinning_path(bundle: Path, images_bgr: list[np.ndarray], threads: int
+                  ) -> Callable[[], None]:
+    """The bundle in a session with onnxruntime's default busy-waiting worker threads."""
+    import onnxruntime as ort
+
+    classifier = Classifier(bundle, threads)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    session = ort.InferenceSession(str(bundle), options, providers=["CPUExecutionProvider"])
+    feeds = [{classifier.input_name: classifier.prepare(image).copy()} for image in images_bgr]
+
+    def work() -> None:
+        for feed in feeds:
+            session.run(None, feed)
+    return work
+
+
+def per_image_ms(work: Callable[[], None], images: int) -> tuple[float, float]:
+    """Wall-clock and process CPU milliseconds per image (CPU: all threads together)."""
+    wall, cpu = time.perf_counter(), time.process_time()
     work()
-    return (time.perf_counter() - start) / images * 1e3
+    return ((time.perf_counter() - wall) / images * 1e3,
+            (time.process_time() - cpu) / images * 1e3)
 
 
 def bench(paths: dict[str, Callable[[], None]], images: int, rounds: int
-          ) -> dict[str, list[float]]:
+          ) -> dict[str, list[tuple[float, float]]]:
     for work in paths.values():  # warm: arenas, kernels, thread pools
         work()
-    samples: dict[str, list[float]] = {name: [] for name in paths}
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in paths}
     names = list(paths)
     for index in range(rounds):
         order = names[index % len(names):] + names[:index % len(names)]
         for name in order:
             samples[name].append(per_image_ms(paths[name], images))
     return samples
+
+
+def report(threads: int, samples: dict[str, list[tuple[float, float]]]) -> None:
+    wall = {name: [w for w, _ in values] for name, values in samples.items()}
+    cpu = {name: statistics.median(c for _, c in values) for name, values in samples.items()}
+    cpu_ratios = ", ".join(f"{name} {cpu[name] / cpu['litert']:.3f}" for name in cpu
+                           if name != "litert")
+    med = {name: statistics.median(values) for name, values in wall.items()}
+    for name, values in wall.items():
+        print(f"  threads {threads}  {name:<13} wall {min(values):6.2f} / {med[name]:6.2f} / "
+              f"{max(values):6.2f}   cpu median {cpu[name]:6.2f}")
+    ratios = ", ".join(f"{name} {med[name] / med['litert']:.3f}" for name in med
+                       if name != "litert")
+    print(f"  threads {threads}  ratios to litert, medians (goal <= 1.0):\n"
+          f"    wall {ratios}\n    cpu  {cpu_ratios}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--variant", choices=["qdq-s8", "fp32"], nargs="*", default=["qdq-s8"],
+                        help="also time these conversions of the same .tflite (not shipped)")
     args = parser.parse_args(argv)
     tflite = args.shared / TFLITE
     if not tflite.is_file():
@@ -116,17 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     images = photos(args.shared, args.images)
     print(f"{args.bundle.name} vs {tflite.name}: {len(images)} shared photos at 224x224, "
           f"{args.rounds} interleaved rounds, ms per image (min / median / max)")
-    for threads in args.threads:
-        bare, with_prepare = ort_paths(args.bundle, images, threads)
-        paths = {"litert": litert_path(tflite, images, threads), "ort": bare,
-                 "ort+prepare": with_prepare}
-        samples = bench(paths, len(images), args.rounds)
-        med = {name: statistics.median(values) for name, values in samples.items()}
-        for name, values in samples.items():
-            print(f"  threads {threads}  {name:<12} {min(values):6.2f} / {med[name]:6.2f} / "
-                  f"{max(values):6.2f}")
-        print(f"  threads {threads}  ratio ort/litert {med['ort'] / med['litert']:.3f}   "
-              f"ort+prepare/litert {med['ort+prepare'] / med['litert']:.3f}   (goal <= 1.0)")
+    with tempfile.TemporaryDirectory() as tmp:
+        variants = {mode: import_tflite(tflite, Path(tmp) / f"{mode}.onnx", mode=mode)
+                    for mode in args.variant}
+        for threads in args.threads:
+            bare, with_prepare = ort_paths(args.bundle, images, threads)
+            paths = {"litert": litert_path(tflite, images, threads), "ort": bare,
+                     "ort+prepare": with_prepare,
+                     "ort spinning": spinning_path(args.bundle, images, threads)}
+            paths.update({f"ort {mode}": ort_paths(path, images, threads)[0]
+                          for mode, path in variants.items()})
+            report(threads, bench(paths, len(images), args.rounds))
     return 0
 
 
