@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import Spread, quantile, ratio_line
 from mqtt_bench import idle_cost, start_broker
 
+from feederd.assets import demo_model_path
 from feederd.config import load_settings
 from feederd.daemon import Daemon
 from feederd.types import Alert, ClassifiedFrame, VisitSummary
@@ -71,6 +72,7 @@ def subscribe(port: int, received: dict[str, float]) -> mqtt.Client:
 def run_daemon(port: int, state: Path, loops: int) -> AlertClock:
     settings = load_settings(None, state_dir=str(state),
                              camera={"source": "demo", "realtime": True, "loop": True},
+                             classifier={"model": str(demo_model_path())},
                              mqtt={"host": "127.0.0.1", "port": port, "device_id": "bench"})
     daemon = Daemon(settings)
     clock = AlertClock()

@@ -35,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import Spread, interleave, quantile, ratio_line
 
+from feederd.assets import demo_model_path
 from feederd.config import HomeAssistantConfig, MqttConfig, load_settings
 from feederd.daemon import Daemon
 from feederd.mqtt import MqttLink
@@ -148,6 +149,7 @@ def idle_daemon(port: int, state: Path, mqtt_on: bool) -> Daemon:
     """A real daemon on the demo setup, built but fed by hand (no capture thread)."""
     settings = load_settings(None, state_dir=str(state / f"mqtt-{mqtt_on}"),
                              camera={"source": "demo", "realtime": False},
+                             classifier={"model": str(demo_model_path())},
                              mqtt={"enabled": mqtt_on, "host": "127.0.0.1", "port": port,
                                    "device_id": "idle"})
     daemon = Daemon(settings)
