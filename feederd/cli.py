@@ -165,10 +165,13 @@ def cmd_reply(args: argparse.Namespace) -> int:
     settings = _settings(args)
     verdict: Verdict = "not_a_bird" if args.not_a_bird else "correct" if args.correct \
         else "species"
-    send_reply(settings.mqtt, settings.mqtt_password(), args.event_id, verdict, args.species)
-    _emit({"event_id": args.event_id, "verdict": verdict, "label": args.species, "sent": True},
-          args.json)
-    return EXIT_OK
+    result = send_reply(settings.mqtt, settings.mqtt_password(), args.event_id, verdict,
+                        args.species, timeout=args.timeout)
+    _emit({"event_id": result.event_id or args.event_id, "verdict": verdict,
+           "label": result.label or args.species, "result": result.result,
+           "detail": result.detail}, args.json,
+          lambda r: f"{r['event_id']}: {r['result'].replace('_', ' ')} ({r['detail']})")
+    return EXIT_OK if result.ok else EXIT_USAGE
 
 
 # --- spool ------------------------------------------------------------------------------------
@@ -316,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--not-a-bird", action="store_true", help="the alert was wrong")
     verdict.add_argument("--correct", action="store_true", help="the alert was right")
     verdict.add_argument("--species", metavar="LABEL", help="it was this species instead")
+    reply.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                       help="how long to wait for the device's answer (default 10 s)")
     _add_spool(sub, common)
     _add_model(sub, common)
     add("doctor", cmd_doctor, "check camera, model, broker, disk and clock; suggest fixes")

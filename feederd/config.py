@@ -217,6 +217,10 @@ class HomeAssistantConfig(Section):
     enabled: bool = Field(True, description="Announce entities by MQTT discovery.")
     prefix: str = Field("homeassistant", pattern=r"^[^#+]+$", description="Discovery prefix.")
     status_topic: str = Field("homeassistant/status", description="Home Assistant birth topic.")
+    configuration_url: str = Field("", pattern=r"^$|^(https?|homeassistant)://\S+$",
+                                   description="Link shown on the device page (optional).")
+    support_url: str = Field("", pattern=r"^$|^https?://\S+$", description="Where to get help "
+                             "with feederd, shown with the device's origin (optional).")
 
 
 class JobsConfig(Section):

@@ -33,7 +33,7 @@ from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.notify import SystemdNotifier
 from feederd.pipeline import Pipeline
 from feederd.spool import Spool
-from feederd.visits import VisitTracker
+from feederd.visits import VisitTracker, labels_of_interest
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ class Daemon:
         s = self.settings
         self._mqtt = MqttLink(s.mqtt, s.homeassistant, s.mqtt_password(),
                               s.state_dir / "outbox.db", self.collector, sw_version=__version__,
-                              labels=self.classifier.bundle.labels)
+                              labels=self.classifier.bundle.labels, commands=self,
+                              stats_interval_s=s.jobs.stats_interval_s)
+        self._mqtt.set_species(self._species())
 
     def _init_events(self) -> None:
         handlers: list[Any] = [self.collector]
@@ -170,6 +172,8 @@ class Daemon:
         while not self._stop.is_set():
             frame = source.read()
             self._notifier.watchdog(self._alerts_can_leave)
+            if self._reload.is_set():
+                self._do_reload()
             if frame is None:
                 if source.finished:
                     break
@@ -178,8 +182,6 @@ class Daemon:
             self.pipeline.process(frame)
             if _STALL_AFTER and self.pipeline.counters.frames >= _STALL_AFTER:
                 threading.Event().wait()
-            if self._reload.is_set():
-                self._do_reload()
         self.pipeline.close_visit(time.time())
 
     def _alerts_can_leave(self) -> bool:
@@ -196,6 +198,18 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """The "reload model" command (MQTT): handled like SIGHUP, between frames."""
+        self._reload.set()
+
+    def _species(self) -> list[tuple[str, str]]:
+        """(label, display name) of the labels that can alert, for Home Assistant."""
+        bundle = self.classifier.bundle
+        interest = labels_of_interest(self.settings.visits, bundle.labels,
+                                      bundle.negative_labels)
+        return [(label, bundle.display_name(label)) for label in bundle.labels
+                if label in interest]
 
     def stop(self) -> None:
         """Mirror of start: finish the visit, flush events, spool and outbox, say offline."""
@@ -267,6 +281,7 @@ class Daemon:
         self.collector.set_bundle(new.bundle)
         if self._mqtt is not None:
             self._mqtt.set_labels(new.bundle.labels)
+            self._mqtt.set_species(self._species())
             self._mqtt.publish_model(new.bundle.describe())
         return True
 

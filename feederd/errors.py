@@ -49,6 +49,14 @@ class FeedbackError(FeederError):
     """An owner's reply cannot be accepted; it is dropped and counted."""
 
 
+class UnknownEventError(FeedbackError):
+    """A reply names an event the device does not know (never raised, or expired)."""
+
+
+class UnknownSpeciesError(FeedbackError):
+    """A reply names a species the serving model does not know."""
+
+
 class SyncError(FeederError):
     """A feeder-sync step failed; nothing partial was kept."""
 

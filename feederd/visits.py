@@ -41,6 +41,13 @@ class _Visit:
     model_version: str = ""
 
 
+def labels_of_interest(cfg: VisitsConfig, labels: Collection[str],
+                       negative_labels: Collection[str]) -> frozenset[str]:
+    """The labels that can alert: ``visits.species`` if set, else every non-negative label."""
+    wanted = set(cfg.species)
+    return frozenset(wanted & set(labels) if wanted else set(labels) - set(negative_labels))
+
+
 class VisitTracker:
     """Collects one visit at a time and decides whether (and when) it alerts."""
 
@@ -52,13 +59,11 @@ class VisitTracker:
 
     def set_labels(self, labels: Collection[str], negative_labels: Collection[str]) -> None:
         """Adopt a new model's label set (called between frames when the model changes)."""
-        wanted = set(self._cfg.species)
-        unknown = wanted - set(labels)
+        unknown = set(self._cfg.species) - set(labels)
         if unknown:
             logger.warning("visits.species names labels the model does not have: %s",
                            ", ".join(sorted(unknown)))
-        self._interest = frozenset(wanted & set(labels) if wanted
-                                   else set(labels) - set(negative_labels))
+        self._interest = labels_of_interest(self._cfg, labels, negative_labels)
 
     def is_of_interest(self, label: str) -> bool:
         return label in self._interest

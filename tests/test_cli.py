@@ -367,16 +367,15 @@ class TestReply:
         assert_clear_failure(proc, 1, "127.0.0.1", "broker")
         assert proc.stdout == ""
 
-    def test_a_reply_reaches_the_feedback_topic(self, tmp_path: Path, broker: Mosquitto,
-                                                listening: Probe) -> None:
+    def test_a_reply_no_device_answers_reaches_the_feedback_topic_and_exits_1(
+            self, tmp_path: Path, broker: Mosquitto, listening: Probe) -> None:
         config = write_config(tmp_path / "feederd.toml", {
             "state_dir": str(tmp_path / "state"),
             "mqtt": {"host": broker.host, "port": broker.port, "device_id": "cli-test"},
         })
-        sent = json_out(feederd("reply", "latest", "--species", "blue_jay", "--json",
-                                config=config))
-        assert sent == {"event_id": "latest", "verdict": "species", "label": "blue_jay",
-                        "sent": True}
+        proc = feederd("reply", "latest", "--species", "blue_jay", "--json", "--timeout", "1",
+                       config=config)
+        assert_clear_failure(proc, 1, "did not answer", "cli-test")
         (message,) = listening.wait_for("feederd/cli-test/feedback")
         assert json.loads(message.payload)["label"] == "blue_jay"
 

@@ -114,9 +114,13 @@ class TestReplies:
         daemon = DaemonProcess(config)
         try:
             first, second = ids(probe.wait_for(f"{TOPIC}/alert", 2, 60))[:2]
-            reply = subprocess.run([*CLI, "reply", first, "--not-a-bird", "--config",
+            reply = subprocess.run([*CLI, "reply", first, "--not-a-bird", "--json", "--config",
                                     str(config)], capture_output=True, text=True, timeout=60)
             assert reply.returncode == 0, reply.stderr
+            assert json.loads(reply.stdout)["result"] == "accepted"
+            again = subprocess.run([*CLI, "reply", first, "--not-a-bird", "--json", "--config",
+                                    str(config)], capture_output=True, text=True, timeout=60)
+            assert json.loads(again.stdout)["result"] == "duplicate"
             probe.publish(f"{TOPIC}/feedback", "not a bird", correlation_data=second.encode())
             for event in (first, second):
                 wait_until(lambda e=event: user_labelled(config, e), 30, f"samples of {event}")

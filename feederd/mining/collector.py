@@ -17,7 +17,7 @@ from typing import Any
 
 from feederd.bundle import Bundle
 from feederd.config import MiningConfig
-from feederd.errors import FeedbackError
+from feederd.errors import UnknownEventError
 from feederd.mining.decisions import Candidate, feedback_frames, mine_feedback, mine_visit
 from feederd.mining.recent import RecentVisits
 from feederd.mqtt.feedback import LATEST, Feedback, canonical_label
@@ -114,7 +114,8 @@ class Collector:
     # --- replies from the owner ---------------------------------------------------------------
 
     def handle(self, feedback: Feedback) -> None:
-        """Turn a reply into labelled samples; FeedbackError for unknown events or labels."""
+        """Turn a reply into labelled samples; FeedbackError (its subclasses UnknownEventError,
+        UnknownSpeciesError) for unknown events or labels."""
         event_id = self._resolve(feedback.event_id)
         label = feedback.label
         if feedback.verdict == "species":
@@ -138,13 +139,13 @@ class Collector:
         with self._lock:
             if event_id == LATEST:
                 if not self._alerts:
-                    raise FeedbackError("no alert yet to reply to")
+                    raise UnknownEventError("no alert yet to reply to")
                 return next(reversed(self._alerts))
             if event_id in self._alerts or event_id in self._visits:
                 return event_id
         if self._recent.frames(event_id) is not None:
             return event_id
-        raise FeedbackError(f"unknown or expired event {event_id}")
+        raise UnknownEventError(f"unknown or expired event {event_id}")
 
     def _relabel_spooled(self, event_id: str, verdict: str, label: str | None) -> int:
         if self._spool is None or label is None:
@@ -167,6 +168,7 @@ class Collector:
             spool = self._spool.stats()
             out["spool_samples"] = spool["samples"]
             out["spool_bytes"] = spool["bytes"]
+            out["spool_max_bytes"] = spool["max_bytes"]
             out["spool_paused"] = spool["paused"]
             out["spool_labelled_user"] = spool["labelled_user"]
             out["spool_pauses"] = spool["pauses"]  # disk-full pauses since start

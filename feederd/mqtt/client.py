@@ -14,6 +14,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from feederd.config import MqttConfig
@@ -45,6 +47,17 @@ def new_client(cfg: MqttConfig, password: str, client_id: str, *, reconnect: boo
     client.on_log = lambda _client, _userdata, _level, text: log_paho(text)
     client.suppress_exceptions = True  # a bug in a callback must not end the network loop
     return client
+
+
+def publish_properties(response_topic: str | None, correlation_data: bytes | None,
+                       ) -> Properties:
+    """MQTT 5 PUBLISH properties: where to answer, and what to answer with."""
+    props = Properties(PacketTypes.PUBLISH)
+    if response_topic is not None:
+        props.ResponseTopic = response_topic
+    if correlation_data is not None:
+        props.CorrelationData = correlation_data
+    return props
 
 
 def log_paho(text: str) -> None:

@@ -13,9 +13,17 @@ Accepted forms (DESIGN.md, "MQTT contract"):
   ``_`` or ``-`` between the words), ``correct``, or a species name (verdict ``species``).
   Bare text without correlation data is refused: it would have to guess which alert it means.
 
-The event id ``latest`` stands for the most recent alert. Home Assistant's "Not a bird" button
-needs it, because a button sends a fixed payload and cannot know the event id. The MQTT link
-resolves it to a real id before a :class:`FeedbackHandler` sees the reply.
+The event id ``latest`` stands for the most recent alert, for a client that cannot know the
+event id. Home Assistant's "Not a bird" button does know it (its command template reads the
+event id of the alert the "Last species" sensor shows) and falls back to ``latest`` only when
+that sensor has no alert. The MQTT link resolves ``latest`` to a real id before a
+:class:`FeedbackHandler` sees the reply.
+
+Every reply gets a :class:`ReplyResult` (accepted, duplicate, unknown event, unknown species,
+invalid, error): the link publishes it retained on ``feedback/result`` and, when an MQTT 5
+reply names a response topic, there too, so the replier learns what the device decided and
+not only that the broker took the message. A reply repeating the verdict an event already has
+is a ``duplicate`` (:class:`ReplyMemory`): counted and mined once.
 """
 
 from __future__ import annotations
@@ -23,14 +31,18 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
-from feederd.errors import FeedbackError
+from feederd.errors import FeedbackError, UnknownEventError, UnknownSpeciesError
+from feederd.mqtt.messages import iso_time
 
 Verdict = Literal["not_a_bird", "correct", "species"]
 VERDICTS: tuple[str, ...] = get_args(Verdict)
+Result = Literal["accepted", "duplicate", "unknown_event", "unknown_species", "invalid", "error"]
+RESULTS: tuple[str, ...] = get_args(Result)
 LATEST = "latest"
 MAX_LABEL_CHARS = 64
 _MAX_ID_BYTES = 64
@@ -103,7 +115,67 @@ def canonical_label(label: str, labels: Sequence[str]) -> str:
     if (found := by_key.get(_label_key(label))) is not None:
         return found
     shown = ", ".join(list(labels)[:12]) + (", ..." if len(labels) > 12 else "")
-    raise FeedbackError(f"unknown species {_show(label)}; the model knows: {shown}")
+    raise UnknownSpeciesError(f"unknown species {_show(label)}; the model knows: {shown}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyResult:
+    """What the device made of one reply; ``ok`` for accepted and duplicate."""
+
+    result: Result
+    detail: str
+    event_id: str | None = None
+    verdict: str | None = None
+    label: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("accepted", "duplicate")
+
+    @classmethod
+    def refused(cls, exc: FeedbackError, feedback: Feedback | None = None) -> ReplyResult:
+        """The result for a reply that raised ``exc`` (``feedback``: what was parsed of it)."""
+        result: Result = ("unknown_event" if isinstance(exc, UnknownEventError)
+                          else "unknown_species" if isinstance(exc, UnknownSpeciesError)
+                          else "invalid")
+        if feedback is None:
+            return cls(result, str(exc))
+        return cls(result, str(exc), feedback.event_id, feedback.verdict, feedback.label)
+
+    def payload(self, t: float) -> dict[str, Any]:
+        """The JSON of ``feedback/result`` and of an MQTT 5 response."""
+        return {"result": self.result, "event_id": self.event_id, "verdict": self.verdict,
+                "label": self.label, "detail": self.detail, "time": iso_time(t)}
+
+
+def parse_result(payload: bytes) -> ReplyResult:
+    """A result as ``feederd reply`` receives it; FeedbackError if it is not one."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise FeedbackError("the device's answer is not JSON") from exc
+    if not isinstance(document, dict) or document.get("result") not in RESULTS:
+        raise FeedbackError(f"the device's answer names no known result: {_show(document)}")
+    return ReplyResult(document["result"], str(document.get("detail", "")),
+                       document.get("event_id"), document.get("verdict"), document.get("label"))
+
+
+class ReplyMemory:
+    """The verdict each recent event last received, so that a repeated reply (a button pressed
+    twice, a notification answered from two phones) is recognised and counted once."""
+
+    def __init__(self, max_events: int = 2000) -> None:
+        self._max = max_events
+        self._verdicts: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+
+    def is_repeat(self, feedback: Feedback) -> bool:
+        return self._verdicts.get(feedback.event_id) == (feedback.verdict, feedback.label)
+
+    def remember(self, feedback: Feedback) -> None:
+        self._verdicts[feedback.event_id] = (feedback.verdict, feedback.label)
+        self._verdicts.move_to_end(feedback.event_id)
+        while len(self._verdicts) > self._max:
+            self._verdicts.popitem(last=False)
 
 
 def _from_json(document: dict[str, Any], corr_id: str | None) -> Feedback:

@@ -6,12 +6,22 @@ the oldest message from the on-disk outbox, publishes it, and removes it only wh
 arrives; then the next. ``publish_*`` only write to the outbox (see ``feederd.mqtt.outbox`` for the
 durability choice) and return.
 
+The receiving half (replies and their results, the alerts switch, "reload model", Home
+Assistant's birth message) is :class:`~feederd.mqtt.inbox.Inbox`.
+
+Retained state, so that Home Assistant shows the truth right after it restarts: ``last_alert``
+and ``presence`` (both through the outbox, in order with the alert), ``stats``, ``model`` and
+``alerts`` (published directly). Discovery configs this device announced before and no longer
+announces (discovery disabled, device id or prefix changed) are removed with empty retained
+configs; the list of what was announced is kept with the outbox.
+
 Locking rule: paho calls ``on_publish`` while holding its own message lock, so no paho method
 is ever called while ``self._cond`` is held.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -27,10 +37,18 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from feederd.config import HomeAssistantConfig, MqttConfig
-from feederd.errors import FeedbackError
+from feederd.errors import MqttError
 from feederd.mqtt.client import describe_failure, log_paho, new_client, refusal_hint
-from feederd.mqtt.feedback import LATEST, Feedback, FeedbackHandler, canonical_label, parse_feedback
-from feederd.mqtt.homeassistant import Topics, discovery_messages
+from feederd.mqtt.diagnostics import LastError, hardware_model
+from feederd.mqtt.feedback import FeedbackHandler, ReplyMemory
+from feederd.mqtt.homeassistant import (
+    Device,
+    Topics,
+    discovery_messages,
+    entity_config_topics,
+    removal_messages,
+)
+from feederd.mqtt.inbox import ALERTS_PAUSED, LATEST_ALERT, Commands, Inbox
 from feederd.mqtt.messages import (
     alert_payload,
     model_payload,
@@ -50,13 +68,14 @@ COUNTERS = (
     "published", "publish_refused", "dropped_outbox", "outbox_pending", "outbox_errors",
     "memory_pending", "dropped_memory", "sender_errors",
     "feedback_accepted", "feedback_rejected", "feedback_errors", "alerts_rejected",
-    "connects", "reconnects", "connect_failures",
+    "connects", "reconnects", "connect_failures", "feedback_duplicates", "retained_ignored",
+    "commands", "commands_rejected", "alerts_paused", "visits_without_alert",
 )
-_LATEST_ALERT = "latest_alert"
+_ANNOUNCED = "ha_discovery_topics"
 _SOCKET_FAILURES = ("failed to receive on socket", "failed to send")
 
 
-class MqttLink(OutboxSender):
+class MqttLink(OutboxSender, Inbox):
     """The daemon's MQTT connection: outbox sender, status, discovery and feedback."""
 
     def __init__(
@@ -69,11 +88,14 @@ class MqttLink(OutboxSender):
         *,
         sw_version: str,
         labels: Sequence[str] = (),
+        commands: Commands | None = None,
+        stats_interval_s: float = 60.0,
     ) -> None:
         self.topics = Topics.of(cfg)
         self._cfg, self._ha, self._password = cfg, ha, password
         self._handler = feedback
-        self._sw_version = sw_version
+        self._commands = commands
+        self._device = Device(sw_version, hardware_model(), stats_interval_s=stats_interval_s)
         self._labels = tuple(labels)
         self._where = f"{cfg.host}:{cfg.port}"
         self._outbox = Outbox(outbox_path, cfg.outbox_max)
@@ -92,6 +114,10 @@ class MqttLink(OutboxSender):
         self._counts_lock = threading.Lock()
         self._attempt_reported = False
         self._socket_problem: str | None = None
+        self._replies = ReplyMemory()
+        self._paused = self._outbox.meta(ALERTS_PAUSED) == "1"
+        self._retained_warned: set[str] = set()
+        self._last_error = LastError()
 
     @property
     def connected(self) -> bool:
@@ -100,6 +126,14 @@ class MqttLink(OutboxSender):
     def set_labels(self, labels: Sequence[str]) -> None:
         """The labels of the model now serving, to spell species replies its way."""
         self._labels = tuple(labels)
+
+    def set_species(self, species: Sequence[tuple[str, str]]) -> None:
+        """(label, display name) of each species that can alert: the options and event types
+        announced to Home Assistant (again now, if connected)."""
+        self._device = replace(self._device, species=tuple(species))
+        client = self._client
+        if client is not None and self._connected:
+            self._announce(client)
 
     def start(self) -> None:
         """Connect in the background; a broker that is down is retried, never raised.
@@ -119,6 +153,9 @@ class MqttLink(OutboxSender):
         client.on_publish = self._on_publish
         client.on_log = self._on_log
         self._client = client
+        self._last_error.install()
+        # A visit in progress when the daemon stopped has ended.
+        self._enqueue([OutMessage(self.topics.presence, b"OFF", qos=1, retain=True)])
         logger.info("MQTT connecting to %s as %s; %d message(s) waiting in the outbox",
                     self._where, self.topics.base, len(self._outbox))
         client.connect_async(self._cfg.host, self._cfg.port, self._cfg.keepalive_s)
@@ -142,27 +179,41 @@ class MqttLink(OutboxSender):
             self._say_offline(client, deadline)
             client.disconnect()
             client.loop_stop()
+        self._last_error.remove()
         self._outbox.close()
         logger.info("MQTT stopped; %d message(s) left in the outbox", self.counters()
                     ["outbox_pending"])
 
     def publish_alert(self, alert: Alert, snapshot_jpeg: bytes | None) -> None:
-        """Queue the snapshot (retained) and the alert (QoS 1, MQTT 5 reply properties)."""
+        """Queue the snapshots (latest and per species, retained), presence ON and the last
+        alert (retained), and the alert (QoS 1, MQTT 5 reply properties); nothing while
+        alerts are paused."""
+        if self._paused:
+            self._count("alerts_paused")
+            logger.info("alert %s (%s) not sent: alerts are paused", alert.event_id,
+                        alert.label)
+            return
+        payload = to_json(alert_payload(alert, self.topics.feedback))
         messages = []
         if snapshot_jpeg:
             messages.append(OutMessage(self.topics.snapshot, snapshot_jpeg, qos=1, retain=True))
-        messages.append(OutMessage(
-            self.topics.alert,
-            to_json(alert_payload(alert, self.topics.feedback)),
-            qos=1,
-            response_topic=self.topics.feedback,
-            correlation_data=alert.event_id.encode("utf-8"),
-        ))
+            messages.append(OutMessage(self.topics.snapshot_of(alert.label), snapshot_jpeg,
+                                       qos=1, retain=True))
+        messages += [
+            OutMessage(self.topics.presence, b"ON", qos=1, retain=True),
+            OutMessage(self.topics.last_alert, payload, qos=1, retain=True),
+            OutMessage(self.topics.alert, payload, qos=1, response_topic=self.topics.feedback,
+                       correlation_data=alert.event_id.encode("utf-8")),
+        ]
         self._latest = alert.event_id
-        self._enqueue(messages, {_LATEST_ALERT: alert.event_id})
+        self._enqueue(messages, {LATEST_ALERT: alert.event_id})
 
     def publish_visit(self, summary: VisitSummary) -> None:
-        self._enqueue([OutMessage(self.topics.visit, to_json(visit_payload(summary)), qos=1)])
+        """Queue the visit summary and presence OFF (retained): the visit is over."""
+        if not summary.alerted:
+            self._count("visits_without_alert")
+        self._enqueue([OutMessage(self.topics.visit, to_json(visit_payload(summary)), qos=1),
+                       OutMessage(self.topics.presence, b"OFF", qos=1, retain=True)])
 
     def publish_model(self, info: Mapping[str, Any]) -> None:
         """Retained; kept and published again on every connect."""
@@ -171,10 +222,11 @@ class MqttLink(OutboxSender):
             self._client.publish(self.topics.model, self._model, qos=1, retain=True)
 
     def publish_stats(self, stats: Mapping[str, Any]) -> None:
-        """Not retained and not queued: stale stats are worth nothing after an outage."""
+        """Retained (Home Assistant shows them right after it restarts) but not queued:
+        stale stats are worth nothing after an outage."""
         if self._client is not None and self._connected:
-            payload = to_json(stats_payload(stats, self.counters()))
-            self._client.publish(self.topics.stats, payload, qos=0)
+            payload = to_json(stats_payload(stats, self.counters(), self._last_error.value()))
+            self._client.publish(self.topics.stats, payload, qos=0, retain=True)
 
     def counters(self) -> dict[str, int]:
         with self._counts_lock:
@@ -212,13 +264,15 @@ class MqttLink(OutboxSender):
             self._report_attempt(f"the broker refused the connection: {reason}"
                                  f"{refusal_hint(reason)}")
             return
-        client.subscribe(self.topics.feedback, qos=1)
+        for topic in (self.topics.feedback, self.topics.alerts_set, self.topics.model_reload):
+            client.subscribe(topic, qos=1)
         if self._ha.enabled:
             client.subscribe(self._ha.status_topic, qos=1)
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self._announce(client)
         if self._model is not None:
             client.publish(self.topics.model, self._model, qos=1, retain=True)
+        self._publish_alerts_state(client)
         self._count("reconnects" if self._counts["connects"] else "connects")
         with self._cond:
             self._connected = True
@@ -254,49 +308,25 @@ class MqttLink(OutboxSender):
         logger.warning("MQTT cannot connect to %s: %s; retrying with backoff (at most %g s)",
                        self._where, problem, self._cfg.reconnect_max_s)
 
-    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.topic == self.topics.feedback:
-            self._take_feedback(message)
-        elif message.topic == self._ha.status_topic and message.payload.strip() == b"online":
-            logger.info("Home Assistant came online; announcing the entities again")
-            self._announce(client)
-
     def _announce(self, client: mqtt.Client) -> None:
-        for topic, payload, retain in discovery_messages(self._cfg, self._ha, self._sw_version):
+        """Discovery configs, after removing those announced before and no longer wanted."""
+        messages = discovery_messages(self._cfg, self._ha, self._device)
+        current = [topic for topic, _, _ in messages]
+        stale = set(self._announced_before()) - set(current)
+        if not self._ha.enabled:
+            stale |= set(entity_config_topics(self._cfg, self._ha))
+        for topic, payload, retain in removal_messages(stale) + messages:
             client.publish(topic, payload, qos=1, retain=retain)
-
-    # --- feedback ---
-
-    def _take_feedback(self, message: mqtt.MQTTMessage) -> None:
-        """Parse, resolve and hand on one reply; a bad one costs a log line, never the loop."""
-        correlation = getattr(message.properties, "CorrelationData", None)
+        if stale:
+            logger.info("MQTT removed %d Home Assistant discovery config(s)", len(stale))
         try:
-            feedback = self._resolve(parse_feedback(
-                bytes(message.payload), None if correlation is None else bytes(correlation),
-                self._cfg.feedback_max_bytes))
-            self._handler.handle(feedback)
-        except FeedbackError as exc:
-            self._count("feedback_rejected")
-            logger.warning("MQTT feedback dropped: %s", exc)
-            return
-        except Exception:
-            self._count("feedback_errors")
-            logger.exception("MQTT feedback handler failed; the reply is dropped")
-            return
-        self._count("feedback_accepted")
-        if feedback.verdict == "not_a_bird":
-            self._count("alerts_rejected")
-        logger.info("MQTT feedback accepted: %s %s%s", feedback.event_id, feedback.verdict,
-                    f" {feedback.label}" if feedback.label else "")
+            self._outbox.put([], {_ANNOUNCED: json.dumps(current)})
+        except MqttError as exc:
+            logger.warning("%s; discovery configs may need removing by hand later", exc)
 
-    def _resolve(self, feedback: Feedback) -> Feedback:
-        """Replace ``latest`` by the newest alert's id; spell a species the model's way."""
-        if feedback.event_id == LATEST:
-            latest = self._latest or self._outbox.meta(_LATEST_ALERT)
-            if latest is None:
-                raise FeedbackError("'latest' names no alert: none has been raised yet")
-            feedback = replace(feedback, event_id=latest)
-        if feedback.label is not None:
-            feedback = replace(feedback, label=canonical_label(feedback.label, self._labels))
-        return feedback
-
+    def _announced_before(self) -> list[str]:
+        try:
+            value = json.loads(self._outbox.meta(_ANNOUNCED) or "[]")
+        except ValueError:
+            return []
+        return [t for t in value if isinstance(t, str)] if isinstance(value, list) else []

@@ -60,9 +60,12 @@ def model_payload(info: Mapping[str, Any]) -> dict[str, Any]:
     return dict(info)
 
 
-def stats_payload(stats: Mapping[str, Any], counters: Mapping[str, int]) -> dict[str, Any]:
-    """The daemon's stats with the link's counters under ``mqtt``."""
-    return {**stats, "mqtt": dict(counters)}
+def stats_payload(stats: Mapping[str, Any], counters: Mapping[str, int],
+                  last_error: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The daemon's stats with the link's counters under ``mqtt`` and the newest logged error
+    (``time`` as ISO 8601, ``logger``, ``message``; ``null`` when there was none)."""
+    error = None if last_error is None else {**last_error, "time": iso_time(last_error["time"])}
+    return {**stats, "mqtt": dict(counters), "last_error": error}
 
 
 def to_json(document: Mapping[str, Any]) -> bytes:

@@ -2,11 +2,17 @@
 
 Each makes one connection attempt (no reconnecting) and says in an :class:`MqttError` why it
 failed, so that the command can print it and exit.
+
+A reply is only done when the device has answered it: over MQTT 5 the reply names a response
+topic of its own (``feedback/response/<client id>``) and the device answers there with the
+reply's correlation data; over MQTT 3.1.1 the command watches ``feedback/result`` for the
+device's next (live, not retained) result for that event.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import threading
 import time
@@ -17,9 +23,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from feederd.config import MqttConfig
-from feederd.errors import MqttError
-from feederd.mqtt.client import describe_failure, new_client, refusal_hint
-from feederd.mqtt.feedback import Verdict, reply_payload
+from feederd.errors import FeedbackError, MqttError
+from feederd.mqtt.client import describe_failure, new_client, publish_properties, refusal_hint
+from feederd.mqtt.feedback import LATEST, ReplyResult, Verdict, parse_result, reply_payload
 from feederd.mqtt.homeassistant import Topics
 
 
@@ -47,21 +53,65 @@ class _ConnectWait:
             self.done.set()
 
 
+class _Answer:
+    """Waits for the device's result for one reply."""
+
+    def __init__(self, event_id: str) -> None:
+        self._event_id = event_id
+        self.subscribed = threading.Event()
+        self.done = threading.Event()
+        self.result: ReplyResult | None = None
+
+    def on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any,
+                     properties: Properties | None) -> None:
+        self.subscribed.set()
+
+    def on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.retain:  # an earlier reply's result
+            return
+        try:
+            result = parse_result(bytes(message.payload))
+        except FeedbackError:
+            return
+        if self._event_id not in (LATEST, result.event_id) and result.event_id is not None:
+            return  # a result for somebody else's reply (MQTT 3.1.1 shares the topic)
+        self.result = result
+        self.done.set()
+
+
 def send_reply(cfg: MqttConfig, password: str, event_id: str, verdict: Verdict,
-               label: str | None, timeout: float = 10.0) -> None:
-    """Publish one JSON reply (QoS 1) and return once the broker has acknowledged it.
+               label: str | None, timeout: float = 10.0) -> ReplyResult:
+    """Publish one JSON reply (QoS 1) and return the device's result for it.
 
     Raises :class:`FeedbackError` for a malformed reply and :class:`MqttError` when the broker
-    cannot be reached, refuses us, or does not acknowledge within ``timeout``.
+    cannot be reached, refuses us, does not acknowledge, or the device does not answer within
+    ``timeout`` (is it running and connected?).
     """
     payload = reply_payload(event_id, verdict, label)
     deadline = time.monotonic() + timeout
-    client = _connected_client(cfg, password, f"feederd-reply-{os.getpid()}", timeout)
+    topics = Topics.of(cfg)
+    client_id = f"feederd-reply-{os.getpid()}-{secrets.token_hex(4)}"
+    v5 = cfg.protocol == "5"
+    listen = topics.response(client_id) if v5 else topics.feedback_result
+    where = f"{cfg.host}:{cfg.port}"
+    answer = _Answer(event_id)
+    client = _connected_client(cfg, password, client_id, timeout)
     try:
-        info = client.publish(Topics.of(cfg).feedback, payload, qos=1)
-        _await_puback(info, deadline, f"{cfg.host}:{cfg.port}")
+        client.on_subscribe, client.on_message = answer.on_subscribe, answer.on_message
+        client.subscribe(listen, qos=1)
+        if not answer.subscribed.wait(max(0.0, deadline - time.monotonic())):
+            raise MqttError(f"the broker at {where} did not confirm the subscription to {listen}")
+        props = publish_properties(listen, event_id.encode("utf-8")) if v5 else None
+        info = client.publish(topics.feedback, payload, qos=1, properties=props)
+        _await_puback(info, deadline, where)
+        if not answer.done.wait(max(0.0, deadline - time.monotonic())):
+            raise MqttError(f"the broker at {where} took the reply, but the device "
+                            f"{cfg.device_id} did not answer within {timeout:g} s (is feederd "
+                            "running and connected?)")
     finally:
         _close(client)
+    assert answer.result is not None
+    return answer.result
 
 
 def probe_broker(cfg: MqttConfig, password: str, timeout: float = 5.0) -> None:

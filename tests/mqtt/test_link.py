@@ -20,10 +20,10 @@ import pytest
 from brokers import WAIT_S, Mosquitto, Pki, Probe, TcpGate, free_port, wait_until
 
 from feederd.config import HomeAssistantConfig, MqttConfig
-from feederd.errors import FeedbackError, MqttError
+from feederd.errors import MqttError, UnknownEventError
 from feederd.mqtt import MqttLink, probe_broker, send_reply
 from feederd.mqtt.feedback import Feedback, reply_payload
-from feederd.mqtt.homeassistant import BUTTON_PAYLOAD, Topics
+from feederd.mqtt.homeassistant import BUTTON_PAYLOAD, Device, Topics, discovery_messages
 from feederd.types import Alert, VisitSummary, new_event_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ class Recorder:
 
     def handle(self, feedback: Feedback) -> None:
         if feedback.event_id not in self.known:
-            raise FeedbackError(f"unknown or expired event {feedback.event_id}")
+            raise UnknownEventError(f"unknown or expired event {feedback.event_id}")
         if feedback.label == "boom":
             raise RuntimeError("a bug in the handler")
         with self._lock:
@@ -123,7 +123,8 @@ def test_an_alert_arrives_with_its_json_and_mqtt5_reply_properties(
     assert json.loads(received.payload) == {
         "event_id": raised.event_id, "time": json.loads(received.payload)["time"],
         "label": "great_tit", "confidence": 0.91, "margin": 0.42, "frames": 6,
-        "model_version": "v1", "reply_to": TOPICS.feedback}
+        "model_version": "v1", "reply_to": TOPICS.feedback, "display_name": "great_tit",
+        "scientific_name": None}
     assert json.loads(received.payload)["time"].endswith("Z")
     assert (received.qos, received.retain) == (1, False)
     assert received.response_topic == TOPICS.feedback
@@ -334,7 +335,9 @@ def test_the_outbox_bound_drops_the_oldest_and_counts_them(
     for _ in range(5):
         link.publish_alert(alert(), None)
     counters = link.counters()
-    assert (counters["dropped_outbox"], counters["outbox_pending"]) == (2, 3)
+    # Each alert queues itself, presence ON and the last alert; the two retained ones replace
+    # their waiting predecessors: 5 + 2 rows, of which the bound keeps 3.
+    assert (counters["dropped_outbox"], counters["outbox_pending"]) == (4, 3)
 
 
 # --- Home Assistant ----------------------------------------------------------------------------
@@ -344,11 +347,12 @@ def test_discovery_is_sent_again_when_home_assistant_comes_online(
     connected(make_link(config(broker.port)))
     probe = Probe(broker, "homeassistant/+/+/+/config")
     configs = "homeassistant/"
-    wait_until(lambda: len(_under(probe, configs)) == 6, what="the retained discovery")
+    n = len(discovery_messages(config(broker.port), HomeAssistantConfig(), Device("0.1.0")))
+    wait_until(lambda: len(_under(probe, configs)) == n, what="the retained discovery")
     assert all(m.retain for m in _under(probe, configs))
     probe.publish("homeassistant/status", "online")
-    wait_until(lambda: len(_under(probe, configs)) == 12, what="discovery after the birth")
-    assert not any(m.retain for m in _under(probe, configs)[6:])  # sent live, not replayed
+    wait_until(lambda: len(_under(probe, configs)) == 2 * n, what="discovery after the birth")
+    assert not any(m.retain for m in _under(probe, configs)[n:])  # sent live, not replayed
 
 
 # --- security -----------------------------------------------------------------------------------
