@@ -162,6 +162,13 @@ def test_the_button_rejects_the_alert_shown_once_and_answers_in_home_assistant(
     wait_state(scene.ha, f"sensor.{NODE}_alerts_rejected", lambda s: s["state"] == "1")
 
 
+def test_the_reload_model_button_makes_the_daemon_load_its_model_again(scene: Scene) -> None:
+    before = scene.daemon.log.count("now classifying with model")
+    scene.ha.call("button", "press", f"button.{NODE}_reload_model")
+    wait_until(lambda: scene.daemon.log.count("now classifying with model") > before, 60,
+               "the daemon to reload its model")
+
+
 def test_the_documented_phone_action_rejects_the_event_it_names(
         scene: Scene, paused: dict[str, Any]) -> None:
     first = alert_ids(scene)[0]

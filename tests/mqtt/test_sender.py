@@ -89,18 +89,21 @@ def test_with_the_disk_full_and_the_broker_away_memory_keeps_the_newest_and_coun
     broker, gate, link, tiny_disk = offline.broker, offline.gate, offline.link, offline.disk
     filler = tiny_disk / "filler"
     fill_disk(filler)
-    # an alert is two messages (snapshot, alert); each snapshot replaces the one before, so
-    # memory keeps one snapshot and the newest alerts: 21 alerts go
+    # an alert is five messages: the alert and four retained ones (snapshot, snapshot/<label>,
+    # presence, last alert), each replacing the one before, so memory keeps those four and
+    # the newest alerts: 24 alerts go
+    retained = 4
     raised = [raise_alert(link, recorder).event_id for _ in range(MEMORY_MAX_MESSAGES + 20)]
     counts = link.counters()
     assert counts["memory_pending"] == MEMORY_MAX_MESSAGES
-    assert counts["dropped_memory"] == 21
+    assert counts["dropped_memory"] == 20 + retained
     probe = Probe(broker, TOPICS.alert)
     gate.open = True
-    wait_until(lambda: len(event_ids(probe)) >= MEMORY_MAX_MESSAGES - 1, what="the kept alerts")
+    wait_until(lambda: len(event_ids(probe)) >= MEMORY_MAX_MESSAGES - retained,
+               what="the kept alerts")
     filler.unlink()
     sentinel = send_sentinel_and_wait(link, recorder, probe)
-    assert event_ids(probe) == [*raised[-(MEMORY_MAX_MESSAGES - 1):], sentinel]
+    assert event_ids(probe) == [*raised[-(MEMORY_MAX_MESSAGES - retained):], sentinel]
 
 
 def test_messages_kept_in_memory_move_to_disk_once_it_has_room_again(
