@@ -27,7 +27,8 @@ from feederd.bundle import read_bundle
 from feederd.config import HomeAssistantConfig, MqttConfig
 from feederd.mqtt.homeassistant import Device, discovery_messages
 
-pytestmark = [pytest.mark.homeassistant, pytest.mark.slow]
+# The first test also starts Home Assistant (~70 s on a cold, loaded 2-core machine).
+pytestmark = [pytest.mark.homeassistant, pytest.mark.slow, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parents[2]
 DEVICE = "feeder1"
