@@ -84,6 +84,31 @@ class TestAgreementWithLiteRT:
         assert agreement(out, shared_data / INAT, sample_photos(shared_data)[::2]) >= 0.96
 
 
+# Runs `feederd model import` in a Python that cannot import onnx, TensorFlow or LiteRT.
+WITHOUT_HEAVY_PACKAGES = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("onnx", "tensorflow", "ai_edge_litert", "tflite_runtime"):
+            raise ImportError("not on the device: " + name)
+sys.meta_path.insert(0, Block())
+from feederd.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.shared_data
+@pytest.mark.timeout(120)
+def test_model_import_needs_neither_onnx_nor_tensorflow(shared_data: Path,
+                                                        tmp_path: Path) -> None:
+    out = tmp_path / "aiy.onnx"
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_HEAVY_PACKAGES, "model", "import",
+                           str(shared_data / AIY), "--out", str(out)],
+                          capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr
+    assert validate_bundle(out).version == "aiy_birds_v1"
+
+
 class TestRefusals:
     def test_a_file_that_is_not_tflite_is_refused_naming_it(self, tmp_path: Path) -> None:
         bogus = tmp_path / "model.tflite"
