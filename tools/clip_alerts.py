@@ -82,7 +82,7 @@ def describe(clip: Path, events: ClipEvents, classifier: Classifier, out: Path |
         alert = alerts.get(visit.event_id)
         said = (f"ALERT {alert.label} ({bundle.display_name(alert.label)}) conf "
                 f"{alert.confidence:.2f} frames {alert.frames}" if alert else "no alert")
-        print(f"  visit {visit.end - visit.start:5.1f} s, {visit.frames_classified:3d} "
+        print(f"  visit: {visit.frames_seen:3d} frames, {visit.frames_classified:3d} "
               f"classified [{votes}] -> {said}")
         species = [label for label, _ in Counter(visit.votes).most_common()
                    if not bundle.is_negative(label)]
