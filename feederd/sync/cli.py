@@ -117,9 +117,13 @@ def cmd_review(ctx: Context) -> int:
     args = ctx.args
     ws = ctx.workspace.require()
     labels = dict(_pair(item) for item in args.label or [])
+    if args.web:
+        from feederd.sync.web import serve
+
+        return serve(ws, port=args.port, open_browser=not args.no_browser)
     if labels or args.exclude or args.accept_pseudo:
         result = review.apply(ws, labels=labels, exclude=args.exclude or [],
-                              accept_pseudo=args.accept_pseudo)
+                              accept_pseudo=args.accept_pseudo, new_labels=args.new_label or [])
         ctx.emit(result.as_dict())
         return EXIT_OK
     if args.list or not (args.interactive or sys.stdin.isatty()) or ctx.json:
@@ -266,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never train on sample ID (repeatable)")
     review.add_argument("--interactive", action="store_true",
                         help="ask about each sample even when stdin is not a terminal")
+    review.add_argument("--new-label", action="append", metavar="LABEL",
+                        help="allow LABEL, which no model knows yet, in --label (repeatable)")
+    review.add_argument("--web", action="store_true", help="review in the browser: a page "
+                        "on 127.0.0.1 with a secret link, until Ctrl+C")
+    review.add_argument("--port", type=int, default=0, help="--web: port (default: a free one)")
+    review.add_argument("--no-browser", action="store_true",
+                        help="--web: only print the link, do not open a browser")
     train = add("train", cmd_train, "retrain the head on the base data and labelled samples")
     train.add_argument("--allow-new-class", action="store_true",
                        help="labels the base dataset lacks become new classes")

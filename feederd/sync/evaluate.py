@@ -39,7 +39,7 @@ from feederd.sync.dataset import (
     scan_images,
     split,
 )
-from feederd.sync.plots import confusion_pair_png, confusion_png
+from feederd.sync.plots import PAIR_PNG, confusion_pair_png, confusion_png
 from feederd.sync.train import Head, head_path
 from feederd.sync.workspace import Workspace, atomic_write_bytes, atomic_write_json, safe_name
 
@@ -303,8 +303,6 @@ def gate(cand: Score, ref: Score | None, tolerance: float, noise_images: int = 1
 
 
 # --- the report -------------------------------------------------------------------------------
-
-PAIR_PNG = "confusion.png"  # deployed and candidate side by side
 
 def _write_report(report: Report) -> None:
     report.path.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 CMAP = "Blues"
+PAIR_PNG = "confusion.png"  # a report's deployed and candidate matrices side by side
 
 
 class Matrix(Protocol):

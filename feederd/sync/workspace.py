@@ -464,10 +464,15 @@ class SampleIndex:
         return [self._row(r) for r in
                 self._db.execute("SELECT * FROM samples ORDER BY time, id")]
 
-    def get(self, sample_id: str) -> dict[str, Any] | None:
-        """The sample with this device id (the newest if a rebuilt spool reused it)."""
-        row = self._db.execute("SELECT * FROM samples WHERE id = ? ORDER BY pulled_at DESC "
-                               "LIMIT 1", (sample_id,)).fetchone()
+    def get(self, sample_id: str, sha256: str | None = None) -> dict[str, Any] | None:
+        """The sample with this device id (the newest if a rebuilt spool reused it), or
+        exactly the row with this id and content hash."""
+        if sha256 is not None:
+            row = self._db.execute("SELECT * FROM samples WHERE id = ? AND sha256 = ?",
+                                   (sample_id, sha256)).fetchone()
+        else:
+            row = self._db.execute("SELECT * FROM samples WHERE id = ? ORDER BY pulled_at "
+                                   "DESC LIMIT 1", (sample_id,)).fetchone()
         return self._row(row) if row else None
 
     def _row(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -476,11 +481,15 @@ class SampleIndex:
             data[column] = json.loads(data[column]) if data[column] else None
         return data
 
-    def set_review(self, sample_id: str, sha256: str, label: str | None, source: str) -> None:
+    def set_review(self, sample_id: str, sha256: str, label: str | None,
+                   source: str | None) -> None:
+        """Record the owner's decision; ``source`` None takes it back (the sample is pending
+        again, or trains with the device's own user label)."""
         with self._transaction():
             self._db.execute("UPDATE samples SET review_label = ?, review_source = ?, "
                              "reviewed_at = ? WHERE id = ? AND sha256 = ?",
-                             (label, source, _now(), sample_id, sha256))
+                             (label if source else None, source,
+                              _now() if source else None, sample_id, sha256))
 
 
 def training_label(sample: Mapping[str, Any], use_pseudo: bool = False) -> str | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -161,3 +162,41 @@ def feederd(config: Path, *args: str, check: bool = True) -> subprocess.Complete
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def pulled_samples(workspace: Path, visits: int, per_visit: int, *, seed: int = 0,
+                   labels: Sequence[str] = ("robin", "jay", "other"), size: int = 96,
+                   start_id: int = 1) -> list[dict[str, Any]]:
+    """Write pulled samples straight into a workspace, as ``feeder-sync pull`` leaves them:
+    real JPEGs under ``samples/`` and rows in the real ``samples.db``. Each visit has its own
+    time and margin spread; every third sample carries a pseudo-label."""
+    from feederd.sync.workspace import SampleIndex
+
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    kinds = list(COLOURS)
+    for v in range(visits):
+        when = 1_764_590_000.0 + 3600 * v
+        for k in range(per_visit):
+            n = start_id + len(rows)
+            data = jpeg(photo(kinds[(v + k) % len(kinds)], seed * 100_000 + n, size))
+            sha = hashlib.sha256(data).hexdigest()
+            path = workspace / "samples" / sha[:2] / f"{sha}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            p = rng.dirichlet(np.ones(len(labels)) * 0.7)
+            probs = {name: round(float(x), 4) for name, x in zip(labels, p, strict=True)}
+            ranked = np.sort(p)[::-1]
+            pseudo = n % 3 == 0
+            rows.append({"id": n, "sha256": sha, "seq": n, "visit_id": f"visit-{v:04d}",
+                         "time": when + 2 * k, "reasons": ["flicker_positive"] if pseudo
+                         else ["low_margin"], "predicted": labels[int(p.argmax())],
+                         "probs": probs,
+                         "margin": round(float(ranked[0] - ranked[1]), 4),
+                         "label": labels[int(p.argmax())] if pseudo else None,
+                         "label_source": "pseudo" if pseudo else None, "model_version": "v0",
+                         "phash": None, "size": len(data),
+                         "file": str(path.relative_to(workspace))})
+    with SampleIndex(workspace / "samples.db") as index:
+        index.commit(rows, "spool-test", start_id + len(rows) - 1)
+    return rows

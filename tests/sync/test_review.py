@@ -54,10 +54,38 @@ class TestReview:
         run_sync(setup.config, "review", "--interactive", stdin="x\nq\n")
         assert status(setup)["labelled"]["pending_review"] == 2
 
-    def test_a_new_label_is_accepted_with_a_warning(self, setup: Setup) -> None:
+    def test_a_label_nobody_knows_is_refused_with_the_closest_known_one(self, setup: Setup
+                                                                         ) -> None:
         pending = pull_mixed(setup)
-        proc = run_sync(setup.config, "review", "--label", f"{pending[2]['id']}=squirrel")
+        proc = run_sync(setup.config, "review", "--label", f"{pending[1]['id']}=jya",
+                        check=False)
+        assert proc.returncode == 2 and "did you mean 'jay'" in proc.stderr
+        assert "--new-label jya" in proc.stderr
+        assert status(setup)["labelled"]["pending_review"] == 3
+
+    def test_a_new_label_named_with_new_label_is_accepted_with_a_warning(self, setup: Setup
+                                                                        ) -> None:
+        pending = pull_mixed(setup)
+        proc = run_sync(setup.config, "review", "--label", f"{pending[2]['id']}=squirrel",
+                        "--new-label", "squirrel")
         assert "--allow-new-class" in proc.stderr
+
+    def test_a_typo_at_the_prompt_becomes_a_label_only_when_confirmed(self, setup: Setup
+                                                                     ) -> None:
+        pull_mixed(setup)
+        proc = run_sync(setup.config, "review", "--interactive",
+                        stdin="s\nl jya\n\nl jay\nl squirrel\ny\n")
+        assert "'jya' is not a known label (did you mean jay?)" in proc.stdout
+        labels = {s["id"]: s.get("label") for s in run_json(setup.config, "review", "--list")}
+        assert len(labels) == 1  # skipped the first; jay and squirrel for the other two
+        assert status(setup)["labelled"] == {"samples": 3, "pending_review": 1}
+
+    def test_accept_is_offered_only_where_there_is_a_pseudo_label(self, setup: Setup) -> None:
+        pull_mixed(setup)
+        proc = run_sync(setup.config, "review", "--interactive", stdin="s\na\nq\n")
+        prompts = [line for line in proc.stdout.split("> ") if "[n]othing" in line]
+        assert "[a]ccept robin" in prompts[0] and "[a]ccept" not in prompts[1]
+        assert "? answer n, l NAME, x, s or q" in proc.stdout
 
     def test_an_unknown_sample_id_is_bad_input(self, setup: Setup) -> None:
         pull_mixed(setup)
