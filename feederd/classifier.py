@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from feederd.bundle import Bundle, InputSpec, parse_metadata
 from feederd.errors import ModelError
+from feederd.task import Task
 from feederd.types import Box, Prediction
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ PROB_SUM_TOLERANCE = 1e-3
 class Classifier:
     """One loaded, validated bundle. Not thread-safe: :meth:`prepare` reuses one buffer."""
 
-    def __init__(self, path: Path, threads: int = 2) -> None:
+    def __init__(self, path: Path, threads: int = 2, *, species: Sequence[str] = (),
+                 exclude_species: Sequence[str] = ()) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.path = Path(path)
@@ -43,6 +45,8 @@ class Classifier:
         meta = self._session.get_modelmeta().custom_metadata_map
         self.bundle: Bundle = parse_metadata(meta, self.path, hashlib.sha256(data).hexdigest())
         self._labels = self.bundle.labels
+        # The owner's question, decided once per frame (feederd.task); built once per model.
+        self.task = Task.for_bundle(self.bundle, species, exclude_species)
         self._input_name, self.fixed_batch = _check_input(self._session, self.bundle)
         self._output_names = _check_outputs(self._session, self.bundle)
         spec = self.bundle.input
@@ -74,9 +78,10 @@ class Classifier:
     def input_name(self) -> str:
         return self._input_name
 
-    def crop(self, image_bgr: np.ndarray, box: Box | None, expand: float) -> np.ndarray:
+    def crop(self, image_bgr: np.ndarray, box: Box | None, expand: float,
+             min_side: int = 0) -> np.ndarray:
         """The region to classify: see :func:`square_crop`."""
-        return square_crop(image_bgr, box, expand)
+        return square_crop(image_bgr, box, expand, min_side)
 
     def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
         """Resize, reorder and normalise into the reused (1, C, H, W) buffer and return it.
@@ -92,9 +97,9 @@ class Classifier:
         return outputs[0], outputs[1] if len(outputs) > 1 else None
 
     def classify(self, image_bgr: np.ndarray, box: Box | None = None, expand: float = 1.6,
-                 top_k: int = 3) -> tuple[Prediction, np.ndarray]:
+                 top_k: int = 3, min_side: int = 0) -> tuple[Prediction, np.ndarray]:
         """Classify the (expanded) box of a BGR frame; returns the prediction and the crop."""
-        crop = self.crop(image_bgr, box, expand)
+        crop = self.crop(image_bgr, box, expand, min_side)
         probs, embedding = self.run(self.prepare(crop))
         return self._predict(probs[0], None if embedding is None else embedding[0], top_k), crop
 
@@ -157,6 +162,7 @@ class Classifier:
             scores=tuple(float(probs[i]) for i in top),
             probs=probs,
             embedding=embedding,
+            decision=self.task.decide(probs),
         )
 
     def _check_inference(self) -> None:
@@ -199,7 +205,24 @@ def validate_bundle(path: Path) -> Bundle:
     return Classifier(path, threads=1).bundle
 
 
-def square_crop(image_bgr: np.ndarray, box: Box | None, expand: float) -> np.ndarray:
+def crop_square(box: Box, expand: float, width: int, height: int, min_side: int = 0) -> Box:
+    """The square :func:`square_crop` cuts for ``box`` in a ``width`` x ``height`` frame.
+
+    Its side is the box's longer side times ``expand``, at least ``min_side`` (a small or
+    distant animal then keeps some context and is not upscaled into mush), at most the
+    frame's longer side; it is moved inside the frame (it may reach past the shorter side).
+    """
+    if expand <= 0:
+        raise ValueError(f"expand must be positive, got {expand}")
+    side = max(round(max(box.w, box.h) * expand), MIN_CROP_PX, min_side)
+    side = min(side, max(height, width))
+    x0 = _place(box.x + box.w / 2, side, width)
+    y0 = _place(box.y + box.h / 2, side, height)
+    return Box(x0, y0, side, side)
+
+
+def square_crop(image_bgr: np.ndarray, box: Box | None, expand: float,
+                min_side: int = 0) -> np.ndarray:
     """A square crop around ``box`` grown by ``expand`` for context, moved inside the frame.
 
     When the square is larger than the frame it is padded by repeating the edge, so the
@@ -208,13 +231,9 @@ def square_crop(image_bgr: np.ndarray, box: Box | None, expand: float) -> np.nda
     """
     if box is None:
         return image_bgr
-    if expand <= 0:
-        raise ValueError(f"expand must be positive, got {expand}")
     height, width = image_bgr.shape[:2]
-    side = max(round(max(box.w, box.h) * expand), MIN_CROP_PX)
-    side = min(side, max(height, width))
-    x0 = _place(box.x + box.w / 2, side, width)
-    y0 = _place(box.y + box.h / 2, side, height)
+    square = crop_square(box, expand, width, height, min_side)
+    x0, y0, side = square.x, square.y, square.w
     xs, ys = max(x0, 0), max(y0, 0)
     xe, ye = min(x0 + side, width), min(y0 + side, height)
     crop = image_bgr[ys:ye, xs:xe]

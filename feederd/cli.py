@@ -278,6 +278,48 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if all(r.ok for r in results) else EXIT_FAIL
 
 
+def cmd_species(args: argparse.Namespace) -> int:
+    """The model's species with their names, and which the local lists keep (exit 2 when a
+    listed name matches nothing, naming the key)."""
+    from feederd.bundle import read_bundle
+    from feederd.daemon import resolve_model_path
+    from feederd.task import Task
+
+    settings = _settings(args)
+    bundle = read_bundle(resolve_model_path(settings))
+    visits = settings.visits
+    task = Task.for_bundle(bundle, visits.species, visits.exclude_species)
+    rows = [{"label": label, "name": bundle.display_name(label),
+             "scientific_name": bundle.scientific_name(label),
+             "of_interest": task.is_species(label)}
+            for label in bundle.labels if label not in bundle.negative_labels]
+    _emit(rows, args.json, lambda rs: "\n".join(
+        f"{'*' if r['of_interest'] else ' '} {r['label']}  {r['name']}"
+        + (f"  ({r['scientific_name']})" if r["scientific_name"] else "") for r in rs))
+    unknown = [f"{key}: {name!r}: not a label, common or scientific name of "
+               f"{bundle.version}" for key, names in task.unknown.items() for name in names]
+    for problem in unknown:
+        sys.stderr.write(f"feederd: {problem}\n")
+    return EXIT_USAGE if unknown else EXIT_OK
+
+
+def cmd_suggest_masks(args: argparse.Namespace) -> int:
+    """Overlay masks (captions, timestamps) found in clips of this camera, as config lines."""
+    from feederd.overlays import read_grey_frames, suggest_masks
+
+    height = _settings(args).motion.height
+    found = suggest_masks([read_grey_frames(Path(clip), height) for clip in args.clips])
+    if args.json:
+        _emit({"ignore_masks": found.masks, "frames": found.frames,
+               "isolated_events": found.isolated_events}, True)
+        return EXIT_OK
+    sys.stdout.write(f"# {len(found.masks)} overlay region(s) in {found.frames} frames: pixels "
+                     "that change in isolated frames only.\n# Check them, then put these "
+                     "lines in the config (motion ignores what they cover):\n"
+                     f"{found.toml()}\n")
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spool(sub, common)
     _add_model(sub, common)
     add("doctor", cmd_doctor, "check camera, model, broker, disk and clock; suggest fixes")
+    add("species", cmd_species, "list the model's species (label, common and scientific "
+        "name); * marks those visits.species / exclude_species keep")
+    masks = add("suggest-masks", cmd_suggest_masks, "find burned-in captions and timestamps "
+                "in clips of this camera and print motion.ignore_masks for them")
+    masks.add_argument("clips", nargs="+", metavar="CLIP")
     return parser
 
 

@@ -131,6 +131,9 @@ class ClassifierConfig(Section):
                                "(context around the animal).")
     threads: int = Field(2, ge=1, le=16, description="onnxruntime intra-op threads.")
     top_k: int = Field(3, ge=1, le=20, description="Classes reported per frame.")
+    min_crop_side: float = Field(0.3, ge=0, le=1, description="Smallest crop side, as a "
+                                 "share of the frame's shorter side: a small or distant "
+                                 "animal keeps context instead of being upscaled into mush.")
 
 
 class VisitsConfig(Section):
@@ -142,8 +145,13 @@ class VisitsConfig(Section):
                                   "winning species over its frames.")
     min_share: float = Field(0.3, ge=0, le=1, description="Share of the visit's classified "
                              "frames the winning species needs (isolated frames do not alert).")
-    species: list[str] = Field(default_factory=list, description="Labels that alert; empty: "
-                               "every label not in the model's negative_labels.")
+    species: list[str] = Field(default_factory=list, description="Local species allow-list "
+                               "(labels, common or scientific names, any case); the model's "
+                               "other species fold into its negative class. Empty: every "
+                               "label not in the model's negative_labels.")
+    exclude_species: list[str] = Field(default_factory=list, description="Species that never "
+                                       "alert (block-list, matched like species); they fold "
+                                       "into the model's negative class.")
 
 
 class MiningConfig(Section):
@@ -162,6 +170,23 @@ class MiningConfig(Section):
     recent_max_age_s: float = Field(6 * 3600, ge=0, description="How long recent-visit frames "
                                     "wait for a reply.")
     jpeg_quality: int = Field(90, ge=30, le=100, description="JPEG quality of stored frames.")
+    empty_foreground: float = Field(0.03, ge=0, le=1, description="A crop differing from the "
+                                    "visit's empty-feeder reference over less than this share "
+                                    "counts as empty (evidence for flicker_negative).")
+    animal_min_area: float = Field(0.004, ge=0, le=1, description="Motion over at least this "
+                                   "share of the frame is animal-sized (missed_visit, "
+                                   "disagreement).")
+    missed_share: float = Field(0.5, ge=0, le=1, description="Share of a visit's frames with "
+                                "evidence (animal-sized object or empty feeder) that must show "
+                                "an animal for a visit without an alert to be a missed_visit.")
+    min_gap_s: float = Field(1.0, ge=0, le=3600, description="Picks of one visit are at least "
+                             "this far apart (spread over the visit, not bunched).")
+    dedup_cosine: float = Field(0.9, ge=0, le=1, description="Embedding cosine similarity at "
+                                "or over which two frames of a visit are near-duplicates "
+                                "(bundles with an embedding; else dedup_distance on dHash).")
+    visit_dedup_distance: int = Field(16, ge=0, le=64, description="dHash distance under which "
+                                      "two frames of one visit are near-duplicates (bundles "
+                                      "without an embedding).")
 
 
 class SpoolConfig(Section):

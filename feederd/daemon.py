@@ -33,7 +33,7 @@ from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.notify import SystemdNotifier
 from feederd.pipeline import Pipeline
 from feederd.spool import Spool
-from feederd.visits import VisitTracker, labels_of_interest
+from feederd.visits import VisitTracker
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +83,15 @@ class Daemon:
 
     def _init_classifier(self) -> None:
         path = resolve_model_path(self.settings)
-        self.classifier = Classifier(path, self.settings.classifier.threads)
+        self.classifier = self._load_classifier(path)
         self._model_target = model_store_for(self.settings).current_target()
         logger.info("model %s (%d labels) from %s", self.classifier.bundle.version,
                     len(self.classifier.bundle.labels), path)
+
+    def _load_classifier(self, path: Path) -> Classifier:
+        visits = self.settings.visits
+        return Classifier(path, self.settings.classifier.threads, species=visits.species,
+                          exclude_species=visits.exclude_species)
 
     def _init_storage(self) -> None:
         s = self.settings
@@ -206,10 +211,7 @@ class Daemon:
     def _species(self) -> list[tuple[str, str]]:
         """(label, display name) of the labels that can alert, for Home Assistant."""
         bundle = self.classifier.bundle
-        interest = labels_of_interest(self.settings.visits, bundle.labels,
-                                      bundle.negative_labels)
-        return [(label, bundle.display_name(label)) for label in bundle.labels
-                if label in interest]
+        return [(label, bundle.display_name(label)) for label in self.classifier.task.species]
 
     def stop(self) -> None:
         """Mirror of start: finish the visit, flush events, spool and outbox, say offline."""
@@ -272,7 +274,7 @@ class Daemon:
         self._model_target = target
         path = resolve_model_path(self.settings)
         try:
-            new = Classifier(path, self.settings.classifier.threads)
+            new = self._load_classifier(path)
         except Exception:
             logger.exception("new model %s refused; the current model keeps serving", path)
             return False

@@ -108,11 +108,14 @@ class MotionDetector:
         self._shape: tuple[int, int] | None = None
         self._bg: np.ndarray | None = None
         self._kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
+        self.quiet_run = 0  # motion-free frames in a row up to now
+        self.quiet_before = 0  # length of the quiet run that preceded the current motion
         self._allocate((1, 1))
 
     def reset(self) -> None:
         """Forget the background; the next frame becomes the new one (e.g. after a camera gap)."""
         self._bg = None
+        self.quiet_run = self.quiet_before = 0
 
     def detect(self, frame: Frame) -> MotionResult:
         """Compare ``frame`` to the background, then let the background learn from it."""
@@ -125,9 +128,29 @@ class MotionDetector:
             np.copyto(self._prev, self._blur)
             return MotionResult(False, 0.0, None)
         try:
-            return self._compare(frame)
+            result = self._compare(frame)
         finally:
             self._blur, self._prev = self._prev, self._blur
+        if result.moving:
+            self.quiet_before = self.quiet_run or self.quiet_before
+            self.quiet_run = 0
+        else:
+            self.quiet_run += 1
+        return result
+
+    @property
+    def threshold(self) -> int:
+        return self._cfg.threshold
+
+    @property
+    def grey(self) -> np.ndarray:
+        """The blurred small grey image of the last frame (overwritten by the next one)."""
+        return self._prev
+
+    def background(self) -> np.ndarray | None:
+        """A copy of the background as a small grey image (``None`` before the first frame):
+        at a visit's start it is the empty feeder mining compares crops with."""
+        return None if self._bg is None else cv2.convertScaleAbs(self._bg)
 
     def _compare(self, frame: Frame) -> MotionResult:
         assert self._bg is not None
@@ -141,8 +164,8 @@ class MotionDetector:
             cv2.accumulateWeighted(self._blur, self._bg, self._cfg.background_alpha)
             return MotionResult(False, area, None)
         box = self._box(frame.image.shape[1], frame.image.shape[0])
-        self._adapt_around_motion()
-        return MotionResult(True, area, box)
+        live = self._adapt_around_motion()
+        return MotionResult(True, area, box, live)
 
     def _grey(self, frame: Frame) -> np.ndarray:
         if frame.grey is not None and frame.grey.shape[0] <= self._cfg.height:
@@ -164,6 +187,7 @@ class MotionDetector:
         self._still = np.empty_like(self._blur)
         self._mask = rasterise_masks(self._cfg.ignore_masks, (width, height))
         self._bg = None
+        self.quiet_run = self.quiet_before = 0
         logger.debug("motion frame %dx%d", width, height)
 
     def _changed_area(self) -> float:
@@ -193,17 +217,24 @@ class MotionDetector:
         x1, y1 = min(width, x + w + _BOX_MARGIN), min(height, y + h + _BOX_MARGIN)
         return _scale_box(x0, y0, x1, y1, self._blobs.shape, full_width, full_height)
 
-    def _adapt_around_motion(self) -> None:
-        """Learn slowly where the image moves frame to frame, normally everywhere else."""
+    def _adapt_around_motion(self) -> float:
+        """Learn slowly where the image moves frame to frame, normally everywhere else;
+        -> the share of the frame that changed since the previous frame (outside masks)."""
         assert self._bg is not None
         alpha = self._cfg.background_alpha
         cv2.absdiff(self._blur, self._prev, dst=self._diff)
         cv2.threshold(self._diff, self._cfg.threshold, 255, cv2.THRESH_BINARY, dst=self._moving)
+        if self._mask is not None:
+            cv2.bitwise_and(self._moving, self._mask, dst=self._still)
+            live = cv2.countNonZero(self._still) / self._pixels
+        else:
+            live = cv2.countNonZero(self._moving) / self._pixels
         cv2.dilate(self._moving, self._kernel, dst=self._moving, iterations=_DILATE_ITERATIONS)
         cv2.bitwise_not(self._moving, dst=self._still)
         cv2.accumulateWeighted(self._blur, self._bg, alpha, mask=self._still)
         cv2.accumulateWeighted(self._blur, self._bg, alpha * _MOVING_ALPHA_FACTOR,
                                mask=self._moving)
+        return live
 
 
 def _scale_box(x0: int, y0: int, x1: int, y1: int, small_shape: tuple[int, ...],

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from feederd.classifier import Classifier
+from feederd.classifier import Classifier, crop_square
 from feederd.config import ClassifierConfig
 from feederd.events import PipelineEvents
+from feederd.mining.evidence import EmptyReference
 from feederd.motion import MotionDetector, VisitStateMachine
-from feederd.types import Alert, Frame
+from feederd.types import Alert, Box, Frame
 from feederd.visits import VisitTracker
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,11 @@ class Pipeline:
         self._gate = gate
         self._tracker = tracker
         self._classifier = classifier
+        tracker.set_task(classifier.task)  # one task per model: the classifier's
         self._pending: Classifier | None = None
         self._events = events
         self._cfg = cfg
+        self._reference: EmptyReference | None = None
         self.counters = PipelineCounters()
 
     @property
@@ -63,7 +66,7 @@ class Pipeline:
         if transition == "open":
             self._open(frame)
         if self._tracker.active:
-            self._tracker.see(motion.box)
+            self._tracker.see(motion.box, motion.area, motion.live)
             if self._tracker.due(frame.mono):
                 self._classify(frame)
         if transition == "close":
@@ -74,15 +77,25 @@ class Pipeline:
             self._close(frame.wall)
         first = self._gate.first_motion_mono
         self._tracker.open(frame, frame.mono if first is None else first)
+        detector = self._detector
+        self._reference = EmptyReference.at_visit_open(
+            detector.background(), detector.quiet_before, detector.threshold)
         self.counters.visits += 1
 
     def _classify(self, frame: Frame) -> None:
         box = self._tracker.last_box if self._cfg.crop == "motion" else None
+        height, width = frame.image.shape[:2]
+        min_side = round(self._cfg.min_crop_side * min(height, width))
         prediction, crop = self._classifier.classify(
-            frame.image, box, self._cfg.crop_expand, self._cfg.top_k)
+            frame.image, box, self._cfg.crop_expand, self._cfg.top_k, min_side)
         self.counters.classified += 1
+        square = Box(0, 0, width, height) if box is None else \
+            crop_square(box, self._cfg.crop_expand, width, height, min_side)
+        foreground = None if self._reference is None else \
+            self._reference.foreground(self._detector.grey, square, width, height)
         version = self._classifier.bundle.version
-        classified, alert = self._tracker.add(frame, prediction, box, crop, version)
+        classified, alert = self._tracker.add(frame, prediction, box, crop, version,
+                                              crop_box=square, foreground=foreground)
         self._events.on_classified(classified)
         if alert is not None:
             alert = self._named(alert)
@@ -113,6 +126,6 @@ class Pipeline:
         new, self._pending = self._pending, None
         assert new is not None
         self._classifier = new
-        self._tracker.set_labels(new.bundle.labels, new.bundle.negative_labels)
+        self._tracker.set_task(new.task)
         self.counters.model_swaps += 1
         logger.info("now classifying with model %s", new.bundle.version)

@@ -25,6 +25,25 @@ class Box:
     w: int
     h: int
 
+    @property
+    def area(self) -> int:
+        return self.w * self.h
+
+    def union(self, other: Box | None) -> Box:
+        """The smallest box holding both (``other=None``: this box)."""
+        if other is None:
+            return self
+        x0, y0 = min(self.x, other.x), min(self.y, other.y)
+        x1 = max(self.x + self.w, other.x + other.w)
+        y1 = max(self.y + self.h, other.y + other.h)
+        return Box(x0, y0, x1 - x0, y1 - y0)
+
+    def intersection(self, other: Box) -> int:
+        """Pixels the two boxes share."""
+        w = min(self.x + self.w, other.x + other.w) - max(self.x, other.x)
+        h = min(self.y + self.h, other.y + other.h) - max(self.y, other.y)
+        return max(w, 0) * max(h, 0)
+
 
 @dataclass(frozen=True, slots=True)
 class Frame:
@@ -46,21 +65,43 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class MotionResult:
-    """What the motion gate saw in one frame."""
+    """What the motion gate saw in one frame.
+
+    ``area`` is the share of the frame that differs from the background; ``live`` the share
+    that changed since the previous frame (a bird's ghost, the spot it just left, differs from
+    the background for a while but does not change frame to frame).
+    """
 
     moving: bool
     area: float
     box: Box | None
+    live: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The task's answer for one frame (see :mod:`feederd.task`): a species of interest, or
+    the bundle's generic negative label standing for every other class summed."""
+
+    label: str
+    confidence: float
+    margin: float
+    of_interest: bool
 
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """One classification: the full probability vector plus what is derived from it."""
+    """One classification: the full probability vector plus what is derived from it.
+
+    ``labels``/``scores`` are the raw top-k; ``decision`` is the task's (set by the classifier;
+    ``None`` for predictions made without one, whose ``task_*`` fall back to the raw top-1).
+    """
 
     labels: tuple[str, ...]
     scores: tuple[float, ...]
     probs: np.ndarray
     embedding: np.ndarray | None = None
+    decision: Decision | None = None
 
     @property
     def label(self) -> str:
@@ -75,10 +116,32 @@ class Prediction:
         """Top-1 minus top-2 probability: small when the model is unsure."""
         return self.scores[0] - self.scores[1] if len(self.scores) > 1 else self.scores[0]
 
+    @property
+    def task_label(self) -> str:
+        return self.decision.label if self.decision else self.label
+
+    @property
+    def task_confidence(self) -> float:
+        return self.decision.confidence if self.decision else self.confidence
+
+    @property
+    def task_margin(self) -> float:
+        """The decision's lead over the runner-up (a species, or all negatives summed)."""
+        return self.decision.margin if self.decision else self.margin
+
 
 @dataclass(frozen=True, slots=True)
 class ClassifiedFrame:
-    """A frame of a visit with its prediction; ``crop`` is the BGR image that was classified."""
+    """A frame of a visit with its prediction; ``crop`` is the BGR image that was classified.
+
+    The evidence mining weighs against the model, independent of it: ``crop_box``, the square
+    that was classified (in frame pixels, may reach past the edges); ``motion_box``, the union
+    of the motion boxes since the previous classified frame (``None``: nothing moved);
+    ``motion_area``/``motion_live``, the largest share of the frame that differed from the
+    background / changed frame to frame meanwhile (:class:`MotionResult`); ``foreground``, the
+    share of the crop that differs from the visit's empty-feeder reference (``None`` when the
+    visit has no trustworthy reference).
+    """
 
     visit_id: str
     seq: int
@@ -88,6 +151,11 @@ class ClassifiedFrame:
     box: Box | None
     crop: np.ndarray
     of_interest: bool
+    crop_box: Box | None = None
+    motion_box: Box | None = None
+    motion_area: float = 0.0
+    motion_live: float = 0.0
+    foreground: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

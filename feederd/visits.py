@@ -3,6 +3,12 @@
 A single frame is a poor witness (a squirrel's ear looks like a wing for a moment), so the
 alert waits until a species of interest has won enough frames with enough confidence, and is
 then raised at once, mid-visit, so the owner hears of the bird while it is still there.
+Frames vote with the task's decision (:mod:`feederd.task`: a local species, or the summed
+negative), never with a raw class.
+
+The tracker also chooses where to look: the last motion box, adopted only when the same place
+moved in the previous frame too, so a one-frame change (a burned-in caption's glitch, a
+compression artefact) never becomes the classification box.
 """
 
 from __future__ import annotations
@@ -16,7 +22,17 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from feederd.config import VisitsConfig
-from feederd.types import Alert, Box, ClassifiedFrame, Frame, Prediction, VisitSummary, new_event_id
+from feederd.task import Task, resolve_species
+from feederd.types import (
+    Alert,
+    Box,
+    ClassifiedFrame,
+    Decision,
+    Frame,
+    Prediction,
+    VisitSummary,
+    new_event_id,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +51,10 @@ class _Visit:
     frames_seen: int = 0
     last_classified_mono: float = float("-inf")
     last_box: Box | None = None
+    prev_motion: Box | None = None  # the previous frame's motion box
+    motion_since: Box | None = None  # confirmed motion since the last classified frame
+    area_since: float = 0.0  # its largest changed share of the frame
+    live_since: float = 0.0  # and the largest share that changed frame to frame
     alert: Alert | None = None
     best_score: float = -1.0
     best_image: np.ndarray | None = None
@@ -43,30 +63,35 @@ class _Visit:
 
 def labels_of_interest(cfg: VisitsConfig, labels: Collection[str],
                        negative_labels: Collection[str]) -> frozenset[str]:
-    """The labels that can alert: ``visits.species`` if set, else every non-negative label."""
-    wanted = set(cfg.species)
-    return frozenset(wanted & set(labels) if wanted else set(labels) - set(negative_labels))
+    """The labels that can alert, matched by label only (a classifier's ``task.species``
+    also matches common and scientific names: prefer it where there is a classifier)."""
+    species = resolve_species(labels, {}, cfg.species, cfg.exclude_species)
+    return frozenset(Task(labels, negative_labels, species=species).species)
 
 
 class VisitTracker:
     """Collects one visit at a time and decides whether (and when) it alerts."""
 
     def __init__(self, cfg: VisitsConfig, labels: Collection[str],
-                 negative_labels: Collection[str]) -> None:
+                 negative_labels: Collection[str], *, task: Task | None = None) -> None:
         self._cfg = cfg
         self._visit: _Visit | None = None
-        self.set_labels(labels, negative_labels)
+        if task is not None:
+            self.set_task(task)
+        else:
+            self.set_labels(labels, negative_labels)
+
+    def set_task(self, task: Task) -> None:
+        """Adopt a new model's task (its classifier's; called between visits)."""
+        self._task = task
 
     def set_labels(self, labels: Collection[str], negative_labels: Collection[str]) -> None:
-        """Adopt a new model's label set (called between frames when the model changes)."""
-        unknown = set(self._cfg.species) - set(labels)
-        if unknown:
-            logger.warning("visits.species names labels the model does not have: %s",
-                           ", ".join(sorted(unknown)))
-        self._interest = labels_of_interest(self._cfg, labels, negative_labels)
+        """Adopt a label set without a classifier's task (labels only: no common names)."""
+        species = resolve_species(labels, {}, self._cfg.species, self._cfg.exclude_species)
+        self.set_task(Task(labels, negative_labels, species=species))
 
     def is_of_interest(self, label: str) -> bool:
-        return label in self._interest
+        return self._task.is_species(label)
 
     @property
     def visit_id(self) -> str | None:
@@ -81,13 +106,20 @@ class VisitTracker:
         self._visit = _Visit(new_event_id(frame.wall), frame.wall, first_motion_mono)
         return self._visit.visit_id
 
-    def see(self, box: Box | None) -> None:
-        """Count a frame of the visit and remember where motion last was."""
-        if self._visit is None:
+    def see(self, box: Box | None, area: float = 0.0, live: float = 0.0) -> None:
+        """Count a frame of the visit and remember where motion last was (if it persisted)."""
+        visit = self._visit
+        if visit is None:
             return
-        self._visit.frames_seen += 1
-        if box is not None:
-            self._visit.last_box = box
+        visit.frames_seen += 1
+        previous, visit.prev_motion = visit.prev_motion, box
+        if box is None:
+            return
+        if visit.last_box is None or (previous is not None and box.intersection(previous)):
+            visit.last_box = box
+            visit.motion_since = box.union(visit.motion_since)
+            visit.area_since = max(visit.area_since, area)
+            visit.live_since = max(visit.live_since, live)
 
     @property
     def last_box(self) -> Box | None:
@@ -100,28 +132,38 @@ class VisitTracker:
         return visit is not None and mono - visit.last_classified_mono >= interval
 
     def add(self, frame: Frame, prediction: Prediction, box: Box | None, crop: np.ndarray,
-            model_version: str) -> tuple[ClassifiedFrame, Alert | None]:
+            model_version: str, *, crop_box: Box | None = None,
+            foreground: float | None = None) -> tuple[ClassifiedFrame, Alert | None]:
         """Record a classified frame; return the alert if this frame decided the vote."""
         visit = self._visit
         if visit is None:
             raise RuntimeError("add() called outside a visit")
         visit.last_classified_mono = frame.mono
         visit.model_version = model_version
-        of_interest = prediction.label in self._interest
+        decision = self.decide(prediction)
         classified = ClassifiedFrame(visit.visit_id, frame.seq, frame.mono, frame.wall,
-                                     prediction, box, crop, of_interest)
+                                     prediction, box, crop, decision.of_interest,
+                                     crop_box=crop_box, motion_box=visit.motion_since,
+                                     motion_area=visit.area_since,
+                                     motion_live=visit.live_since, foreground=foreground)
+        visit.motion_since, visit.area_since, visit.live_since = None, 0.0, 0.0
         visit.frames.append(classified)
-        visit.votes[prediction.label] += 1
-        visit.confidence_sum[prediction.label] += prediction.confidence
-        if of_interest and prediction.confidence > visit.best_score:
-            visit.best_score, visit.best_image = prediction.confidence, frame.image
+        visit.votes[decision.label] += 1
+        visit.confidence_sum[decision.label] += decision.confidence
+        if decision.of_interest and decision.confidence > visit.best_score:
+            visit.best_score, visit.best_image = decision.confidence, frame.image
         if visit.alert is None:
             visit.alert = self._decide(visit, frame, model_version)
             return classified, visit.alert
         return classified, None
 
+    def decide(self, prediction: Prediction) -> Decision:
+        """The classifier's decision, or this tracker's task's for a bare prediction."""
+        return prediction.decision or self._task.decide(prediction.probs)
+
     def _winner(self, visit: _Visit) -> str | None:
-        species = [(n, label) for label, n in visit.votes.items() if label in self._interest]
+        species = [(n, label) for label, n in visit.votes.items()
+                   if self._task.is_species(label)]
         return max(species)[1] if species else None
 
     def _decide(self, visit: _Visit, frame: Frame, model_version: str) -> Alert | None:
@@ -134,7 +176,8 @@ class VisitTracker:
         cfg = self._cfg
         if votes < cfg.min_frames or confidence < cfg.min_confidence or share < cfg.min_share:
             return None
-        margins = [f.prediction.margin for f in visit.frames if f.prediction.label == label]
+        decisions = [self.decide(f.prediction) for f in visit.frames]
+        margins = [d.margin for d in decisions if d.label == label]
         return Alert(
             event_id=visit.visit_id, time=frame.wall, label=label,
             confidence=round(confidence, 4), margin=round(float(np.mean(margins)), 4),

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from feederd.assets import demo_clip_path, demo_model_path
 from feederd.bundle import InputSpec
-from feederd.classifier import Classifier, square_crop, validate_bundle
+from feederd.classifier import Classifier, crop_square, square_crop, validate_bundle
 from feederd.errors import ModelError
 from feederd.sync.build import write_metadata
 from feederd.types import Box
@@ -208,6 +208,13 @@ class TestCrop:
         crop = self.crop(Box(80, 40, 20, 20))
         crop[:] = 0
         assert self.frame.any()
+
+    def test_a_small_box_grows_to_the_minimum_side_around_its_centre(self) -> None:
+        """A distant bird keeps context rather than being upscaled into mush."""
+        crop = square_crop(self.frame, Box(90, 50, 10, 10), 1.6, min_side=60)
+        assert crop.shape == (60, 60, 3)
+        np.testing.assert_array_equal(crop, self.frame[25:85, 65:125])
+        assert crop_square(Box(90, 50, 10, 10), 1.6, 200, 120, 60) == Box(65, 25, 60, 60)
 
 
 class TestPrepare:

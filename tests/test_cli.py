@@ -37,7 +37,8 @@ from feederd.sync.build import write_metadata
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 120
 
-COMMANDS = ["run", "demo", "check-config", "classify", "reply", "spool", "model", "doctor"]
+COMMANDS = ["run", "demo", "check-config", "classify", "reply", "spool", "model", "doctor",
+            "species", "suggest-masks"]
 ACTIONS = {"spool": ["ls", "stats", "show", "export", "ack"],
            "model": ["ls", "install", "rollback", "import"]}
 EVERY_HELP = [[c] for c in COMMANDS] + [[c, a] for c, actions in ACTIONS.items()

@@ -312,3 +312,25 @@ def test_the_foliage_time_lapse_replays_without_error(shared_data: Path) -> None
     assert len(results) == 6
     logger.info("PlotWatcher: moving %s, areas %s, events %s", [r.moving for r in results],
                 [round(r.area, 4) for r in results], events)
+
+
+class TestEvidenceForMining:
+    def test_a_moving_bird_changes_frame_to_frame_but_its_ghost_does_not(self) -> None:
+        """The spot a bird just left differs from the background for a while (a ghost) but
+        does not change from one frame to the next; mining tells them apart by ``live``."""
+        scene, detector = Scene(), MotionDetector(MotionConfig())
+        run(detector, [scene.frame() for _ in range(30)])
+        hopping = run(detector, [scene.frame((100 + 6 * i, 120, 30)) for i in range(4)])
+        sitting = run(detector, [scene.frame((124, 120, 30)) for _ in range(30)])
+        ghost = run(detector, [scene.frame() for _ in range(2)])
+        assert all(r.moving and r.live > 0.005 for r in hopping)
+        assert ghost[-1].moving and ghost[-1].area > 0.005 and ghost[-1].live == 0.0
+        assert sitting[-1].live == 0.0
+
+    def test_the_quiet_spell_before_motion_is_remembered(self) -> None:
+        scene, detector = Scene(), MotionDetector(MotionConfig())
+        run(detector, [scene.frame() for _ in range(25)])
+        run(detector, [scene.frame((100 + 6 * i, 120, 30)) for i in range(3)])
+        assert detector.quiet_before == 24 and detector.quiet_run == 0
+        background = detector.background()
+        assert background is not None and background.shape == detector.grey.shape

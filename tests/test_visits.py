@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from feederd.config import VisitsConfig
-from feederd.types import Frame, Prediction
+from feederd.types import Box, Frame, Prediction
 from feederd.visits import VisitTracker
 
 LABELS = ("blue_jay", "cardinal", "other")
@@ -73,6 +73,35 @@ class TestVote:
         t = VisitTracker(VisitsConfig(species=["cardinal"]), LABELS, {"other"})
         t.open(frame(0, 0.0), 0.0)
         assert feed(t, [("blue_jay", 0.9)] * 5) == []
+
+
+class TestWhereToLook:
+    def test_motion_that_persists_becomes_the_classification_box(self, tracker):
+        tracker.see(Box(100, 100, 40, 40))
+        tracker.see(Box(104, 100, 40, 40))
+        assert tracker.last_box == Box(104, 100, 40, 40)
+
+    def test_a_one_frame_change_elsewhere_never_becomes_the_classification_box(self, tracker):
+        """A burned-in caption's glitch ("FPS: 24" -> "FPS: 1") lasts one frame."""
+        bird = Box(100, 100, 40, 40)
+        tracker.see(bird)
+        tracker.see(bird)
+        tracker.see(Box(0, 0, 60, 12))
+        tracker.see(None)
+        tracker.see(Box(0, 0, 60, 12))
+        tracker.see(bird)
+        assert tracker.last_box == bird
+
+    def test_the_frame_records_the_motion_since_the_previous_classification(self, tracker):
+        tracker.see(Box(100, 100, 40, 40), area=0.02, live=0.01)
+        tracker.see(Box(110, 100, 40, 40), area=0.03, live=0.005)
+        f = frame(1, 0.1)
+        classified, _ = tracker.add(f, prediction("other", 0.9), None, f.image, "v1")
+        assert classified.motion_box == Box(100, 100, 50, 40)
+        assert (classified.motion_area, classified.motion_live) == (0.03, 0.01)
+        f = frame(2, 0.5)
+        classified, _ = tracker.add(f, prediction("other", 0.9), None, f.image, "v1")
+        assert classified.motion_box is None and classified.motion_area == 0.0
 
 
 class TestRateAndSummary:

@@ -22,6 +22,7 @@ from feederd.mining.decisions import Candidate, feedback_frames, mine_feedback, 
 from feederd.mining.recent import RecentVisits
 from feederd.mqtt.feedback import LATEST, Feedback, canonical_label
 from feederd.spool import Spool
+from feederd.task import generic_negative
 from feederd.types import Alert, ClassifiedFrame, VisitSummary
 
 logger = logging.getLogger(__name__)
@@ -65,13 +66,9 @@ class Collector:
 
     @property
     def negative_label(self) -> str:
-        """The class a rejected frame is taught as: ``other`` unless the model names its
-        catch-all negative class otherwise (feeder-sync adds ``other`` when a model lacks it)."""
-        negatives = self._bundle.negative_labels
-        for name in ("other", "background", "nothing", "none", "not_a_bird"):
-            if name in negatives:
-                return name
-        return "other"
+        """The class a rejected or flicker-negative frame is taught as: the model's catch-all
+        negative class (``other``, ``background``...), never an arbitrary raw class."""
+        return generic_negative(self._bundle.negative_labels)
 
     # --- events from the frame loop -----------------------------------------------------------
 
@@ -93,7 +90,8 @@ class Collector:
         with self._lock:
             self._visits[summary.event_id] = time.time()
             _trim(self._visits)
-        candidates = mine_visit(frames, self._cfg, frozenset(self._bundle.negative_labels))
+        candidates = mine_visit(frames, self._cfg, frozenset(self._bundle.negative_labels),
+                                negative_label=self.negative_label, alerted=summary.alerted)
         keep = {c.frame.seq for c in candidates} | set(feedback_frames(frames, self._cfg))
         self._recent.close(summary.event_id, keep=keep)
         self._store(summary.event_id, candidates, summary.model_version)

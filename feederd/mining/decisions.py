@@ -1,17 +1,29 @@
 """Which frames are worth keeping, and why: pure decisions, no I/O.
 
-Two moments decide. When a visit closes, :func:`mine_visit` looks at its frames alone:
-``low_margin`` (the model hesitated between two classes) and the two temporal flickers of the
-video hard-example mining idea (Jin et al., 2018), applied inside one visit:
+Every decision uses the task's answer per frame (:mod:`feederd.task`: the best species of
+interest against the summed negatives), never the raw softmax, and weighs it against evidence
+the model did not produce (:class:`~feederd.types.ClassifiedFrame`: the motion in the crop,
+and how much of the crop differs from the visit's empty feeder). Per frame that evidence says
+*empty* (no animal-sized motion there, the crop looks like the empty feeder), *object*
+(animal-sized motion in the crop, or a crop clearly unlike the empty feeder) or nothing.
 
-- ``flicker_negative``: a species said confidently in a frame whose ``flicker_window``
-  neighbours on *each* side all say nothing of interest. Such isolated detections are mostly
-  false positives, so the frame gets a *pseudo* label: the negative class its neighbours say
-  most often (``background``, ``squirrel``, ...). Being pseudo, it ranks below anything the
-  owner labelled, feeder-sync can weight or review it, and a later reply overrides it.
-- ``flicker_positive``: the converse; one frame says nothing while its neighbours on each side
-  all agree on one species with mean confidence of at least ``flicker_confidence``: a hard
-  positive, pseudo-labelled with that species.
+When a visit closes, :func:`mine_visit` looks at its frames alone:
+
+- ``low_margin``: the decision's lead over its runner-up is small (the model hesitated
+  between a species and "nothing", or between two species);
+- ``flicker_negative``: the video hard-example mining idea (Jin et al., 2018) inside one
+  visit, with evidence: a species said confidently in a frame whose ``flicker_window``
+  neighbours on *each* side all say nothing *and* are empty by the evidence. It gets the
+  bundle's generic negative label as a *pseudo* label (never a raw class such as "indri");
+- ``disagreement``: the same isolated species, but an animal-sized object is there (in that
+  frame or a neighbour): the neighbours may be the model's misses, so it is left unlabelled
+  for the owner to review;
+- ``flicker_positive``: one frame says nothing while its neighbours on each side all agree
+  on one species with mean confidence of at least ``flicker_confidence``, and the frame is not
+  empty by the evidence: a hard positive, pseudo-labelled with that species;
+- ``missed_visit``: a visit that raised no alert although an animal-sized object was in at
+  least ``missed_share`` of its classified frames: the model does not know this visitor, and
+  these frames are the ones most worth the owner's look (unlabelled).
 
 Frames nearer the visit's ends than ``flicker_window`` are never flickers: a bird arriving or
 leaving changes the answer there for real.
@@ -19,31 +31,39 @@ leaving changes the answer there for real.
 When the owner replies, :func:`mine_feedback` turns the visit's frames into user-labelled
 samples (``rejected``, ``corrected``, ``confirmed``).
 
-Both rank candidates with :func:`priority`, drop near-duplicates within the visit (perceptual
-hash closer than ``dedup_distance`` bits) and keep at most ``max_per_visit``. Duplicates of
-what the spool already holds are the spool's business (it knows what it holds). Hashing is the
-costly part, so only frames that are looked at get hashed, and the optional ``hashes`` dict
-(frame seq -> dHash) lets calls on the same visit share the work.
+Both rank candidates with :func:`priority`, drop near-duplicates within the visit (embedding
+cosine similarity of at least ``dedup_cosine`` where the bundle has an embedding, else dHash
+closer than ``visit_dedup_distance`` bits), spread a visit's picks at least ``min_gap_s``
+apart, and keep at most ``max_per_visit``. Duplicates of what the spool already holds are the
+spool's business (it knows what it holds). Hashing is the costly part, so only frames that are
+looked at get hashed, and the optional ``hashes`` dict (frame seq -> dHash) lets calls on the
+same visit share the work.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from feederd.config import MiningConfig
 from feederd.mining.imagehash import dhash, hamming
 from feederd.mqtt.feedback import Verdict
-from feederd.types import ClassifiedFrame
+from feederd.task import DEFAULT_NEGATIVE
+from feederd.types import ClassifiedFrame, Decision
 
 Reason = Literal["low_margin", "rejected", "corrected", "confirmed", "flicker_negative",
-                 "flicker_positive"]
+                 "flicker_positive", "disagreement", "missed_visit"]
 LabelSource = Literal["user", "pseudo"]
+Evidence = Literal["empty", "object", "unknown"]
 
 FALSE_POSITIVE_REASONS: frozenset[str] = frozenset({"rejected", "flicker_negative"})
 _TIER: dict[str | None, int] = {None: 0, "pseudo": 1, "user": 2}
+_OBJECT_FOREGROUND = 3.0  # times empty_foreground: a crop that much unlike the empty feeder
+_MISSED_MIN_FRAMES = 3
+_IN_CROP = 0.3  # share of the motion box inside the crop for the motion to be in the crop
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,26 +105,90 @@ def priority(reasons: Iterable[str], label_source: str | None, confidence: float
     return tier + within
 
 
+def decision(frame: ClassifiedFrame, negative_labels: frozenset[str]) -> Decision:
+    """The frame's task decision; a bare prediction (no task) falls back to its raw top-1."""
+    pred = frame.prediction
+    if pred.decision is not None:
+        return pred.decision
+    return Decision(pred.label, pred.confidence, pred.margin, pred.label not in negative_labels)
+
+
+def evidence(frame: ClassifiedFrame, cfg: MiningConfig) -> Evidence:
+    """What the camera, not the model, says is in the frame's crop."""
+    fg = frame.foreground
+    if fg is not None and fg < cfg.empty_foreground:
+        return "empty"
+    if fg is not None and fg >= _OBJECT_FOREGROUND * cfg.empty_foreground:
+        return "object"
+    box, crop = frame.motion_box, frame.crop_box
+    moved = box is not None and frame.motion_area >= cfg.animal_min_area and (
+        crop is None or crop.intersection(box) >= _IN_CROP * box.area)
+    return "object" if moved and frame.motion_live >= cfg.animal_min_area / 4 else "unknown"
+
+
 def mine_visit(frames: Sequence[ClassifiedFrame], cfg: MiningConfig,
-               negative_labels: frozenset[str], *,
-               hashes: dict[int, int] | None = None) -> list[Candidate]:
+               negative_labels: frozenset[str], *, negative_label: str = DEFAULT_NEGATIVE,
+               alerted: bool = False, hashes: dict[int, int] | None = None) -> list[Candidate]:
     """The hard examples of one closed visit, most useful first, diverse, at most
     ``cfg.max_per_visit``.
 
-    ``negative_labels`` are the model's classes that mean "nothing of interest"; every other
-    class counts as a species here (whether or not the owner alerts on it: a mistake between
-    two species is still a mistake).
+    ``negative_labels`` and every frame's task decision say what means "nothing of interest";
+    ``negative_label`` is the bundle's generic negative class that pseudo-labels use;
+    ``alerted``: whether the visit raised an alert (a visit that did not may be missed).
     """
     if not cfg.enabled:
         return []
     ordered = sorted(frames, key=lambda f: f.seq)
+    decisions = [decision(f, negative_labels) for f in ordered]
+    seen = [evidence(f, cfg) for f in ordered]
+    missed = not alerted and _is_missed(seen, cfg)
     found: list[_Found] = []
     for i, frame in enumerate(ordered):
-        reasons, label = _visit_reasons(ordered, i, cfg, negative_labels)
+        reasons, label = _visit_reasons(decisions, seen, i, cfg, negative_label)
+        if missed and seen[i] == "object" and not decisions[i].of_interest:
+            reasons.append("missed_visit")
         if reasons:
             source: LabelSource | None = "pseudo" if label is not None else None
             found.append((frame, tuple(reasons), label, source))
-    return _select(found, cfg, hashes)
+    return _select(found, cfg, hashes, spread=True)
+
+
+def _is_missed(seen: Sequence[Evidence], cfg: MiningConfig) -> bool:
+    """Sustained animal-sized evidence through a visit (that raised no alert): enough object
+    frames, and a share of the frames with any evidence (a visit kept open by an empty
+    feeder's noise has frames without any)."""
+    objects = sum(e == "object" for e in seen)
+    known = objects + sum(e == "empty" for e in seen)
+    return objects >= _MISSED_MIN_FRAMES and objects >= cfg.missed_share * known
+
+
+def _visit_reasons(decisions: Sequence[Decision], seen: Sequence[Evidence], i: int,
+                   cfg: MiningConfig, negative_label: str) -> tuple[list[Reason], str | None]:
+    """Reasons frame ``i`` is hard, and its pseudo label (``None``: unlabelled)."""
+    here = decisions[i]
+    reasons: list[Reason] = []
+    if here.margin < cfg.low_margin:
+        reasons.append("low_margin")
+    w = cfg.flicker_window
+    if i < w or i + w >= len(decisions):
+        return reasons, None
+    around = [*range(i - w, i), *range(i + 1, i + 1 + w)]
+    neighbours = [decisions[j] for j in around]
+    if here.of_interest and here.confidence >= cfg.flicker_confidence and not any(
+            n.of_interest for n in neighbours):
+        if seen[i] != "object" and all(seen[j] == "empty" for j in around):
+            reasons.append("flicker_negative")
+            return reasons, negative_label
+        if "object" in (seen[i], *(seen[j] for j in around)):
+            reasons.append("disagreement")
+        return reasons, None
+    species = {n.label for n in neighbours}
+    if not here.of_interest and len(species) == 1 and neighbours[0].of_interest \
+            and seen[i] != "empty" \
+            and sum(n.confidence for n in neighbours) / len(neighbours) >= cfg.flicker_confidence:
+        reasons.append("flicker_positive")
+        return reasons, neighbours[0].label
+    return reasons, None
 
 
 def mine_feedback(frames: Sequence[ClassifiedFrame], verdict: Verdict, label: str | None,
@@ -132,7 +216,7 @@ def mine_feedback(frames: Sequence[ClassifiedFrame], verdict: Verdict, label: st
     found: list[_Found] = []
     for frame in chosen:
         reasons: tuple[Reason, ...] = (reason,)
-        if frame.prediction.margin < cfg.low_margin:
+        if frame.prediction.task_margin < cfg.low_margin:
             reasons += ("low_margin",)
         found.append((frame, reasons, target, "user"))
     return _select(found, cfg, hashes)
@@ -154,31 +238,6 @@ def feedback_frames(frames: Sequence[ClassifiedFrame], cfg: MiningConfig, *,
     return sorted(seqs)
 
 
-def _visit_reasons(frames: Sequence[ClassifiedFrame], i: int, cfg: MiningConfig,
-                   negative_labels: frozenset[str]) -> tuple[list[Reason], str | None]:
-    """Reasons frame ``i`` is hard, and its pseudo label (``None``: unlabelled)."""
-    pred = frames[i].prediction
-    reasons: list[Reason] = []
-    label = None
-    if pred.margin < cfg.low_margin:
-        reasons.append("low_margin")
-    w = cfg.flicker_window
-    if i < w or i + w >= len(frames):
-        return reasons, label
-    neighbours = [f.prediction for f in (*frames[i - w:i], *frames[i + 1:i + 1 + w])]
-    is_species = pred.label not in negative_labels
-    if is_species and pred.confidence >= cfg.flicker_confidence and all(
-            n.label in negative_labels for n in neighbours):
-        reasons.append("flicker_negative")
-        label = Counter(n.label for n in neighbours).most_common(1)[0][0]
-    elif not is_species and len({n.label for n in neighbours}) == 1 \
-            and neighbours[0].label not in negative_labels \
-            and sum(n.confidence for n in neighbours) / len(neighbours) >= cfg.flicker_confidence:
-        reasons.append("flicker_positive")
-        label = neighbours[0].label
-    return reasons, label
-
-
 def _feedback_scope(frames: Sequence[ClassifiedFrame], verdict: Verdict, label: str | None,
                     negative_label: str) -> tuple[list[ClassifiedFrame], Reason, str | None]:
     """The frames a reply labels, the reason, and the label it gives them."""
@@ -188,25 +247,24 @@ def _feedback_scope(frames: Sequence[ClassifiedFrame], verdict: Verdict, label: 
     if verdict == "species":
         return scope, "corrected", label
     target = label or _winner(scope)
-    return [f for f in frames if f.prediction.label == target], "confirmed", target
+    return [f for f in frames if f.prediction.task_label == target], "confirmed", target
 
 
 def _winner(frames: Sequence[ClassifiedFrame]) -> str:
     """The label most frames said; ties go to the larger summed confidence."""
-    votes: Counter[str] = Counter()
-    mass: dict[str, float] = {}
+    votes: dict[str, tuple[int, float]] = {}
     for frame in frames:
-        votes[frame.prediction.label] += 1
-        mass[frame.prediction.label] = mass.get(frame.prediction.label, 0.0) + \
-            frame.prediction.confidence
-    return max(votes, key=lambda name: (votes[name], mass[name]))
+        n, mass = votes.get(frame.prediction.task_label, (0, 0.0))
+        votes[frame.prediction.task_label] = (n + 1, mass + frame.prediction.task_confidence)
+    return max(votes, key=lambda name: votes[name])
 
 
-def _select(found: Sequence[_Found], cfg: MiningConfig,
-            hashes: dict[int, int] | None = None) -> list[Candidate]:
-    """Rank, drop near-duplicates of better candidates, cap; hashes only what is looked at."""
+def _select(found: Sequence[_Found], cfg: MiningConfig, hashes: dict[int, int] | None = None,
+            *, spread: bool = False) -> list[Candidate]:
+    """Rank, drop near-duplicates of better candidates (and, with ``spread``, picks within
+    ``min_gap_s`` of a better one), cap; hashes only what is looked at."""
     ranked = sorted(
-        ((priority(reasons, source, f.prediction.confidence, f.prediction.margin),
+        ((priority(reasons, source, f.prediction.task_confidence, f.prediction.task_margin),
           f, reasons, label, source) for f, reasons, label, source in found),
         key=lambda item: (-item[0], item[1].seq),
     )
@@ -216,12 +274,35 @@ def _select(found: Sequence[_Found], cfg: MiningConfig,
             break
         if frame.crop.size == 0:
             continue  # its picture is gone: nothing to store
-        phash = hashes.get(frame.seq) if hashes is not None else None
-        if phash is None:
-            phash = dhash(frame.crop)
-            if hashes is not None:
-                hashes[frame.seq] = phash
-        if any(hamming(phash, c.phash) < cfg.dedup_distance for c in kept):
+        if spread and any(abs(frame.mono - c.frame.mono) < cfg.min_gap_s for c in kept):
+            continue
+        phash = _hash(frame, hashes)
+        if any(_near_duplicates(frame, phash, c, cfg) for c in kept):
             continue
         kept.append(Candidate(frame, reasons, label, source, prio, phash))
     return kept
+
+
+def _hash(frame: ClassifiedFrame, hashes: dict[int, int] | None) -> int:
+    phash = hashes.get(frame.seq) if hashes is not None else None
+    if phash is None:
+        phash = dhash(frame.crop)
+        if hashes is not None:
+            hashes[frame.seq] = phash
+    return phash
+
+
+def _near_duplicates(frame: ClassifiedFrame, phash: int, kept: Candidate,
+                     cfg: MiningConfig) -> bool:
+    """Embeddings where both frames have one (what the model sees), else dHash."""
+    a, b = frame.prediction.embedding, kept.frame.prediction.embedding
+    if a is not None and b is not None and a.shape == b.shape:
+        return cosine(a, b) >= cfg.dedup_cosine
+    return hamming(phash, kept.phash) < cfg.visit_dedup_distance
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two vectors (0 when either is all zeros)."""
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b) / norm if norm > 0 else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -10,14 +11,23 @@ import numpy as np
 import pytest
 
 from feederd.config import MiningConfig
-from feederd.mining.decisions import feedback_frames, mine_feedback, mine_visit, priority
+from feederd.mining.decisions import (
+    evidence,
+    feedback_frames,
+    mine_feedback,
+    mine_visit,
+    priority,
+)
 from feederd.mining.imagehash import HashIndex, dhash, hamming
-from feederd.types import ClassifiedFrame, Prediction
+from feederd.types import Box, ClassifiedFrame, Decision, Prediction
 
 NEGATIVE = frozenset({"background", "squirrel"})
 LABELS = ("blue_jay", "crow", "hummingbird", "background", "squirrel")
 CFG = MiningConfig(low_margin=0.15, flicker_confidence=0.6, flicker_window=2, max_per_visit=8,
-                   dedup_distance=6)
+                   dedup_distance=6, min_gap_s=0.0)
+CROP = Box(100, 100, 80, 80)
+# What the camera says about a crop: foreground share against the visit's empty feeder.
+SEEN = {"empty": 0.0, "object": 0.4, None: None}
 
 
 def crop(seed: int) -> np.ndarray:
@@ -28,17 +38,20 @@ def crop(seed: int) -> np.ndarray:
 
 
 def frame(seq: int, label: str, conf: float = 0.9, second: float | None = None,
-          image: np.ndarray | None = None, visit: str = "v1") -> ClassifiedFrame:
+          image: np.ndarray | None = None, visit: str = "v1", seen: str | None = None,
+          embedding: np.ndarray | None = None) -> ClassifiedFrame:
+    """A classified frame; ``seen``: what the evidence says ("empty", "object", None)."""
     second = (1 - conf) * 0.8 if second is None else second
     others = [x for x in LABELS if x != label]
     pred = Prediction((label, others[0], others[1]), (conf, second, max(0.0, 1 - conf - second)),
-                      np.zeros(len(LABELS), dtype=np.float32))
+                      np.zeros(len(LABELS), dtype=np.float32), embedding)
     return ClassifiedFrame(visit, seq, seq * 0.25, 1000.0 + seq, pred, None,
-                           crop(seq) if image is None else image, label not in NEGATIVE)
+                           crop(seq) if image is None else image, label not in NEGATIVE,
+                           crop_box=CROP, foreground=SEEN[seen])
 
 
-def visit(*labels: str, conf: float = 0.9) -> list[ClassifiedFrame]:
-    return [frame(i, label, conf) for i, label in enumerate(labels)]
+def visit(*labels: str, conf: float = 0.9, seen: str | None = None) -> list[ClassifiedFrame]:
+    return [frame(i, label, conf, seen=seen) for i, label in enumerate(labels)]
 
 
 def by_seq(cands: list) -> dict:
@@ -56,12 +69,35 @@ class TestMineVisit:
     def test_sure_frames_that_agree_are_not_mined(self) -> None:
         assert mine_visit(visit(*["crow"] * 6), CFG, NEGATIVE) == []
 
-    def test_an_isolated_confident_species_is_a_flicker_negative_labelled_like_its_neighbours(
+    def test_an_isolated_species_between_empty_crops_is_a_flicker_negative_of_the_generic_label(
+            self) -> None:
+        frames = visit("background", "squirrel", "hummingbird", "squirrel", "squirrel",
+                       seen="empty")
+        frames[2] = frame(2, "hummingbird", seen=None)
+        (cand,) = mine_visit(frames, CFG, NEGATIVE, negative_label="background")
+        assert (cand.frame.seq, cand.reasons) == (2, ("flicker_negative",))
+        assert (cand.label, cand.label_source) == ("background", "pseudo")
+
+    def test_an_isolated_species_whose_neighbours_have_no_evidence_is_not_a_flicker(
             self) -> None:
         frames = visit("background", "squirrel", "hummingbird", "squirrel", "squirrel")
+        assert mine_visit(frames, CFG, NEGATIVE) == []
+
+    def test_an_isolated_species_with_an_animal_there_is_an_unlabelled_disagreement(
+            self) -> None:
+        """The neighbours' "nothing" may be the model's own misses of the bird."""
+        frames = visit("background", "background", "hummingbird", "background", "background",
+                       seen="object")
+        cand = by_seq(mine_visit(frames, CFG, NEGATIVE))[2]
+        assert (cand.reasons, cand.label, cand.label_source) == (("disagreement",), None, None)
+
+    def test_an_isolated_species_in_a_crop_unlike_the_empty_feeder_is_no_flicker_negative(
+            self) -> None:
+        frames = visit("background", "background", "crow", "background", "background",
+                       seen="empty")
+        frames[2] = frame(2, "crow", seen="object")
         (cand,) = mine_visit(frames, CFG, NEGATIVE)
-        assert (cand.frame.seq, cand.reasons) == (2, ("flicker_negative",))
-        assert (cand.label, cand.label_source) == ("squirrel", "pseudo")
+        assert cand.reasons == ("disagreement",)
 
     def test_a_species_with_a_species_neighbour_is_not_a_flicker(self) -> None:
         frames = visit("background", "background", "crow", "crow", "background", "background")
@@ -83,23 +119,30 @@ class TestMineVisit:
         assert (cand.frame.seq, cand.reasons) == (2, ("flicker_positive",))
         assert (cand.label, cand.label_source) == ("blue_jay", "pseudo")
 
+    def test_no_flicker_positive_where_the_crop_shows_the_empty_feeder(self) -> None:
+        """The bird left for that frame: "nothing" was right."""
+        frames = visit("blue_jay", "blue_jay", "background", "blue_jay", "blue_jay")
+        frames[2] = frame(2, "background", seen="empty")
+        assert mine_visit(frames, CFG, NEGATIVE) == []
+
     def test_neighbours_that_disagree_on_the_species_give_no_flicker_positive(self) -> None:
         frames = visit("blue_jay", "crow", "background", "blue_jay", "blue_jay")
         assert all("flicker_positive" not in c.reasons
                    for c in mine_visit(frames, CFG, NEGATIVE))
 
     def test_a_frame_can_have_several_reasons(self) -> None:
-        frames = visit("background", "background", "crow", "background", "background")
+        frames = visit("background", "background", "crow", "background", "background",
+                       seen="empty")
         frames[2] = frame(2, "crow", 0.62, second=0.5)
         (cand,) = mine_visit(frames, CFG, NEGATIVE)
         assert cand.reasons == ("low_margin", "flicker_negative")
 
     def test_candidates_come_most_useful_first(self) -> None:
         frames = visit(*["background"] * 3, "crow", *["background"] * 4, "blue_jay",
-                       *["background"] * 3)
+                       *["background"] * 3, seen="empty")
         frames[3] = frame(3, "crow", 0.7)
         frames[8] = frame(8, "blue_jay", 0.95)
-        frames[5] = frame(5, "background", 0.4, second=0.35)
+        frames[5] = frame(5, "background", 0.4, second=0.35, seen="empty")
         cands = mine_visit(frames, CFG, NEGATIVE)
         assert [c.frame.seq for c in cands] == [8, 3, 5]
         assert [c.priority for c in cands] == sorted((c.priority for c in cands), reverse=True)
@@ -110,7 +153,23 @@ class TestMineVisit:
         frames.append(frame(5, "crow", 0.45, second=0.4))
         cands = mine_visit(frames, CFG, NEGATIVE)
         assert len(cands) == 2
-        assert hamming(cands[0].phash, cands[1].phash) >= CFG.dedup_distance
+        assert hamming(cands[0].phash, cands[1].phash) >= CFG.visit_dedup_distance
+
+    def test_with_embeddings_near_duplicates_are_those_the_model_sees_alike(self) -> None:
+        """Cosine similarity of embeddings decides where the bundle has them, not dHash."""
+        rng = np.random.default_rng(4)
+        base, other = rng.normal(size=16), rng.normal(size=16)
+        frames = [frame(i, "crow", 0.45, second=0.4, embedding=base + rng.normal(0, 0.05, 16))
+                  for i in range(4)]
+        frames.append(frame(4, "crow", 0.45, second=0.4, image=crop(0), embedding=other))
+        assert [c.frame.seq for c in mine_visit(frames, CFG, NEGATIVE)] == [0, 4]
+
+    def test_a_visit_s_picks_are_spread_over_its_time(self) -> None:
+        frames = [frame(i, "crow", 0.45 + i / 1000, second=0.4) for i in range(24)]
+        cands = mine_visit(frames, CFG.model_copy(update={"min_gap_s": 1.0}), NEGATIVE)
+        times = sorted(c.frame.mono for c in cands)
+        assert len(cands) == 6
+        assert min(b - a for a, b in itertools.pairwise(times)) >= 1.0
 
     def test_a_visit_contributes_at_most_max_per_visit_samples(self) -> None:
         frames = [frame(i, "crow", 0.45, second=0.4) for i in range(30)]
@@ -120,6 +179,78 @@ class TestMineVisit:
     def test_disabled_mining_keeps_nothing(self) -> None:
         frames = [frame(i, "crow", 0.45, second=0.4) for i in range(3)]
         assert mine_visit(frames, CFG.model_copy(update={"enabled": False}), NEGATIVE) == []
+
+
+class TestTaskDecision:
+    def test_low_margin_is_the_task_s_margin_not_the_raw_top_two(self) -> None:
+        """Two negatives close together ("langur" vs "sloth bear" on a blue jay) is no doubt
+        about the task: nothing of interest, by a wide margin."""
+        frames = visit("background", "background", "background")
+        sure = Decision("background", 0.9, 0.85, False)
+        frames[1] = replace_decision(frame(1, "squirrel", 0.4, second=0.38), sure)
+        assert mine_visit(frames, CFG, NEGATIVE) == []
+
+    def test_a_species_folded_into_the_negative_is_no_flicker(self) -> None:
+        frames = visit("background", "background", "crow", "background", "background",
+                       seen="empty")
+        folded = Decision("background", 0.9, 0.8, False)
+        frames[2] = replace_decision(frame(2, "crow", 0.9), folded)
+        assert mine_visit(frames, CFG, NEGATIVE) == []
+
+
+def replace_decision(f: ClassifiedFrame, decision: Decision) -> ClassifiedFrame:
+    pred = f.prediction
+    return dataclasses.replace(
+        f, prediction=dataclasses.replace(pred, decision=decision),
+        of_interest=decision.of_interest)
+
+
+class TestMissedVisit:
+    def test_a_visit_without_alert_with_an_animal_in_most_crops_is_a_missed_visit(
+            self) -> None:
+        frames = visit(*["background"] * 10, seen="object")
+        cands = mine_visit(frames, CFG.model_copy(update={"max_per_visit": 4}), NEGATIVE)
+        assert len(cands) == 4
+        assert {(c.reasons, c.label, c.label_source) for c in cands} == \
+            {(("missed_visit",), None, None)}
+
+    def test_a_visit_that_alerted_is_not_missed(self) -> None:
+        frames = visit(*["background"] * 10, seen="object")
+        assert mine_visit(frames, CFG, NEGATIVE, alerted=True) == []
+
+    def test_a_visit_mostly_of_the_empty_feeder_is_not_missed(self) -> None:
+        frames = visit(*["background"] * 10, seen="empty")
+        for i in (2, 5):
+            frames[i] = frame(i, "background", seen="object")
+        assert mine_visit(frames, CFG, NEGATIVE) == []
+
+    def test_only_crops_with_the_animal_are_picked(self) -> None:
+        frames = visit(*["background"] * 10, seen="object")
+        frames[3] = frame(3, "background", seen="empty")
+        assert 3 not in {c.frame.seq for c in mine_visit(frames, CFG, NEGATIVE)}
+
+
+class TestEvidence:
+    def test_a_crop_like_the_empty_feeder_is_empty_whatever_moved(self) -> None:
+        f = dataclasses.replace(frame(0, "crow"), foreground=0.01, motion_box=CROP,
+                                motion_area=0.05, motion_live=0.05)
+        assert evidence(f, CFG) == "empty"
+
+    def test_animal_sized_live_motion_in_the_crop_is_an_object(self) -> None:
+        f = dataclasses.replace(frame(0, "crow"), motion_box=Box(110, 110, 40, 40),
+                                motion_area=0.02, motion_live=0.01)
+        assert evidence(f, CFG) == "object"
+
+    def test_a_ghost_that_differs_from_the_background_but_does_not_move_is_no_object(
+            self) -> None:
+        f = dataclasses.replace(frame(0, "crow"), motion_box=Box(110, 110, 40, 40),
+                                motion_area=0.02, motion_live=0.0)
+        assert evidence(f, CFG) == "unknown"
+
+    def test_motion_mostly_outside_the_crop_is_no_object_in_it(self) -> None:
+        f = dataclasses.replace(frame(0, "crow"), motion_box=Box(0, 0, 300, 300),
+                                motion_area=0.3, motion_live=0.1)
+        assert evidence(f, CFG) == "unknown"
 
 
 class TestPriority:
