@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from mining.purity import Visit, clip_settings, load_truth, mine, replay, score  # noqa: E402
+
 from feederd.classifier import Classifier  # noqa: E402
 from feederd.config import Settings  # noqa: E402
 from feederd.mining.decisions import mine_visit  # noqa: E402
 from feederd.overlays import read_grey_frames, suggest_masks  # noqa: E402
 from feederd.task import generic_negative  # noqa: E402
-from mining.purity import Visit, clip_settings, load_truth, mine, replay, score  # noqa: E402
 
 SHARED = Path(os.environ.get("FEEDERD_SHARED_DATA", REPO.parent / "shared" / "data"))
 AIY = REPO / "models" / "aiy_birds_v1.onnx"
