@@ -136,9 +136,9 @@ class ClassifiedFrame:
 
     The evidence mining weighs against the model, independent of it: ``crop_box``, the square
     that was classified (in frame pixels, may reach past the edges); ``motion_box``, the union
-    of the motion boxes since the previous classified frame (``None``: nothing moved);
+    of the motion boxes of the last few frames (``None``: nothing moved just now);
     ``motion_area``/``motion_live``, the largest share of the frame that differed from the
-    background / changed frame to frame meanwhile (:class:`MotionResult`); ``foreground``, the
+    background / changed frame to frame in those frames (:class:`MotionResult`); ``foreground``, the
     share of the crop that differs from the visit's empty-feeder reference (``None`` when the
     visit has no trustworthy reference).
     """

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -36,6 +36,10 @@ from feederd.types import (
 
 logger = logging.getLogger(__name__)
 
+RECENT_FRAMES = 3
+"""Frames whose motion a classified frame records: what moved just now, not a while ago (a
+bird that has just flown off leaves motion behind that is no longer in the crop)."""
+
 
 @dataclass
 class _Visit:
@@ -52,9 +56,9 @@ class _Visit:
     last_classified_mono: float = float("-inf")
     last_box: Box | None = None
     prev_motion: Box | None = None  # the previous frame's motion box
-    motion_since: Box | None = None  # confirmed motion since the last classified frame
-    area_since: float = 0.0  # its largest changed share of the frame
-    live_since: float = 0.0  # and the largest share that changed frame to frame
+    # confirmed motion of the last RECENT_FRAMES frames: (box, changed share, live share)
+    recent: deque[tuple[Box, float, float] | None] = field(
+        default_factory=lambda: deque(maxlen=RECENT_FRAMES))
     alert: Alert | None = None
     best_score: float = -1.0
     best_image: np.ndarray | None = None
@@ -113,13 +117,11 @@ class VisitTracker:
             return
         visit.frames_seen += 1
         previous, visit.prev_motion = visit.prev_motion, box
-        if box is None:
-            return
-        if visit.last_box is None or (previous is not None and box.intersection(previous)):
+        confirmed = box is not None and (
+            visit.last_box is None or (previous is not None and box.intersection(previous) > 0))
+        visit.recent.append((box, area, live) if confirmed and box is not None else None)
+        if confirmed:
             visit.last_box = box
-            visit.motion_since = box.union(visit.motion_since)
-            visit.area_since = max(visit.area_since, area)
-            visit.live_since = max(visit.live_since, live)
 
     @property
     def last_box(self) -> Box | None:
@@ -141,12 +143,15 @@ class VisitTracker:
         visit.last_classified_mono = frame.mono
         visit.model_version = model_version
         decision = self.decide(prediction)
-        classified = ClassifiedFrame(visit.visit_id, frame.seq, frame.mono, frame.wall,
-                                     prediction, box, crop, decision.of_interest,
-                                     crop_box=crop_box, motion_box=visit.motion_since,
-                                     motion_area=visit.area_since,
-                                     motion_live=visit.live_since, foreground=foreground)
-        visit.motion_since, visit.area_since, visit.live_since = None, 0.0, 0.0
+        moved = [m for m in visit.recent if m is not None]
+        motion_box = None
+        for moved_box, _, _ in moved:
+            motion_box = moved_box.union(motion_box)
+        classified = ClassifiedFrame(
+            visit.visit_id, frame.seq, frame.mono, frame.wall, prediction, box, crop,
+            decision.of_interest, crop_box=crop_box, motion_box=motion_box,
+            motion_area=max((m[1] for m in moved), default=0.0),
+            motion_live=max((m[2] for m in moved), default=0.0), foreground=foreground)
         visit.frames.append(classified)
         visit.votes[decision.label] += 1
         visit.confidence_sum[decision.label] += decision.confidence

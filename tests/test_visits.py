@@ -7,7 +7,7 @@ import pytest
 
 from feederd.config import VisitsConfig
 from feederd.types import Box, Frame, Prediction
-from feederd.visits import VisitTracker
+from feederd.visits import RECENT_FRAMES, VisitTracker
 
 LABELS = ("blue_jay", "cardinal", "other")
 
@@ -92,13 +92,16 @@ class TestWhereToLook:
         tracker.see(bird)
         assert tracker.last_box == bird
 
-    def test_the_frame_records_the_motion_since_the_previous_classification(self, tracker):
+    def test_the_frame_records_the_motion_of_the_last_few_frames(self, tracker):
+        """What moved just now: a bird that flew off a while ago is no longer in the crop."""
         tracker.see(Box(100, 100, 40, 40), area=0.02, live=0.01)
         tracker.see(Box(110, 100, 40, 40), area=0.03, live=0.005)
         f = frame(1, 0.1)
         classified, _ = tracker.add(f, prediction("other", 0.9), None, f.image, "v1")
         assert classified.motion_box == Box(100, 100, 50, 40)
         assert (classified.motion_area, classified.motion_live) == (0.03, 0.01)
+        for _ in range(RECENT_FRAMES):
+            tracker.see(None)
         f = frame(2, 0.5)
         classified, _ = tracker.add(f, prediction("other", 0.9), None, f.image, "v1")
         assert classified.motion_box is None and classified.motion_area == 0.0

@@ -145,7 +145,7 @@ def mine_visit(frames: Sequence[ClassifiedFrame], cfg: MiningConfig,
     found: list[_Found] = []
     for i, frame in enumerate(ordered):
         reasons, label = _visit_reasons(decisions, seen, i, cfg, negative_label)
-        if missed and seen[i] == "object" and not decisions[i].of_interest:
+        if missed and seen[i] == "object":
             reasons.append("missed_visit")
         if reasons:
             source: LabelSource | None = "pseudo" if label is not None else None

@@ -88,7 +88,7 @@ class TestMineVisit:
         """The neighbours' "nothing" may be the model's own misses of the bird."""
         frames = visit("background", "background", "hummingbird", "background", "background",
                        seen="object")
-        cand = by_seq(mine_visit(frames, CFG, NEGATIVE))[2]
+        cand = by_seq(mine_visit(frames, CFG, NEGATIVE, alerted=True))[2]
         assert (cand.reasons, cand.label, cand.label_source) == (("disagreement",), None, None)
 
     def test_an_isolated_species_in_a_crop_unlike_the_empty_feeder_is_no_flicker_negative(
@@ -223,6 +223,13 @@ class TestMissedVisit:
         for i in (2, 5):
             frames[i] = frame(i, "background", seen="object")
         assert mine_visit(frames, CFG, NEGATIVE) == []
+
+    def test_frames_that_named_a_species_are_picked_too_when_the_visit_did_not_alert(
+            self) -> None:
+        """A blue jay called Steller's, Eurasian and blue jay in turn alerts on none of them."""
+        frames = visit("crow", "blue_jay", "hummingbird", "background", seen="object")
+        cands = mine_visit(frames, CFG, NEGATIVE)
+        assert sorted(c.frame.seq for c in cands if "missed_visit" in c.reasons) == [0, 1, 2, 3]
 
     def test_only_crops_with_the_animal_are_picked(self) -> None:
         frames = visit(*["background"] * 10, seen="object")
