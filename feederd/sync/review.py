@@ -250,6 +250,8 @@ def interactive(workspace: Workspace, read: Callable[[str], str], out: IO[str]) 
     negative = negative_label(workspace)
     known = set(known_labels(workspace))
     todo = pending(workspace)
+    if todo:
+        out.write("(tip: 'feeder-sync review --web' shows these samples as pictures)\n")
     with workspace.lock(), contextlib.closing(workspace.index()) as index:
         for number, sample in enumerate(todo, 1):
             out.write(f"[{number}/{len(todo)}] {describe(sample, workspace)}\n")

@@ -210,6 +210,18 @@ class TestKeyboard:
         page.until_pending(12)
         assert not any(source for source, _ in page.records().values())
 
+    def test_the_mouse_selects_a_range_and_the_toolbar_decides(self, page: Page) -> None:
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        ids = page.card_ids()
+        page.click_card(ids[4])
+        card = page.driver.find_element("css selector", f".card[data-id='{ids[6]}']")
+        ActionChains(page.driver).key_down(Keys.SHIFT).click(card).key_up(Keys.SHIFT).perform()
+        page.driver.find_element("css selector", "#toolbar button[data-do=exclude]").click()
+        page.until_pending(9)
+        assert {i for i, (source, _) in page.records().items() if source} == set(ids[4:7])
+
 
 class TestEvaluationView:
     def test_the_last_evaluation_shows_both_matrices_the_gate_and_the_false_alerts(
