@@ -234,12 +234,15 @@ def test_changing_the_device_id_removes_the_old_entities(
         broker: Mosquitto, make_link: Callable[..., MqttLink], tmp_path: Path) -> None:
     old = connected(make_link(config(broker.port)))
     old.stop(timeout=2)
-    connected(make_link(config(broker.port, device_id="renamed")))
     gone = set(entity_config_topics(config(broker.port), HomeAssistantConfig()))
-    probe = Probe(broker, "homeassistant/#")
-    wait_until(lambda: any("feederd_renamed" in m.topic for m in probe.messages),
-               what="the new device's configs")
-    assert not any(m.topic in gone for m in probe.messages), "old configs must be cleared"
+    assert retained_configs(broker) & gone
+    connected(make_link(config(broker.port, device_id="renamed")))
+    watcher = Probe(broker, "homeassistant/#")
+    wait_until(lambda: any("feederd_renamed" in m.topic for m in watcher.messages),
+               what="the new device's configs")  # removals go first, on the same connection
+    kept = retained_configs(broker)
+    assert any("feederd_renamed" in topic for topic in kept)
+    assert not kept & gone, "old configs must be cleared"
 
 
 def test_disabling_discovery_removes_the_entities(
@@ -247,10 +250,26 @@ def test_disabling_discovery_removes_the_entities(
     watcher = Probe(broker, "homeassistant/#")
     connected(make_link(config(broker.port))).stop(timeout=2)
     announced = {m.topic for m in watcher.messages if m.payload}
+    assert announced and retained_configs(broker) == announced
     connected(make_link(config(broker.port), ha=HomeAssistantConfig(enabled=False)))
     wait_until(lambda: {m.topic for m in watcher.messages if not m.payload} >= announced,
                what="empty configs for every announced entity")
-    assert not any(m.retain for m in Probe(broker, "homeassistant/#").messages)
+    assert retained_configs(broker) == set()
+
+
+def retained_configs(broker: Mosquitto) -> set[str]:
+    """The discovery topics the broker retains. The broker sends them while it handles the
+    subscription, so once a message published after it arrives, they all have."""
+    ping = "homeassistant/zz_ping"
+    late = Probe(broker, "homeassistant/#")
+    try:
+        sender = Probe(broker)
+        sender.publish(ping, "x")
+        sender.close()
+        wait_until(lambda: bool(late.on(ping)), what="a message sent after subscribing")
+        return {m.topic for m in late.messages if m.retain}
+    finally:
+        late.close()
 
 
 # --- feederd reply ------------------------------------------------------------------------------
