@@ -140,11 +140,19 @@ function setFocus(i, scroll = true) {
   if (i < 0) return;
   const node = S.cards[i].el;
   node.classList.add("focus");
+  offerAccept();
   if (scroll) node.scrollIntoView({block: "nearest"});
 }
 
 function paintSelection() {
   S.cards.forEach((c, i) => c.el.classList.toggle("selected", S.selected.has(i)));
+  offerAccept();
+}
+
+// "a" is offered only where the device gave a pseudo-label
+function offerAccept() {
+  const button = document.querySelector("#toolbar button[data-do=accept]");
+  button.disabled = !targets().some((c) => c && c.s.pseudo);
 }
 
 function selectRange(from, to) {
