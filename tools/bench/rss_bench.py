@@ -1,0 +1,141 @@
+"""Where the peak RSS of ``feederd run`` goes: imports, the model, run time; anon vs file pages.
+
+    python tools/bench/rss_bench.py [--model models/aiy_birds_v1.onnx] [--runs 3]
+                                    [--env MALLOC_ARENA_MAX=2 ...]
+
+Each run is a fresh ``feederd run`` process replaying the first shared feeder clip with MQTT off
+(the same configuration as ``pipeline_bench.py``'s RSS figure). Inside it a sampler thread
+records the process's RSS every 10 ms; at the end the child prints its VmHWM, its RSS split into
+anonymous and file-backed pages at the peak sample, and the mappings holding most of it (read
+from ``/proc/self/smaps`` at that moment). Two more fresh processes measure the floor: RSS after
+importing only numpy, OpenCV and onnxruntime, and after importing :mod:`feederd.daemon`.
+
+``--env`` repeats the daemon runs with environment settings (glibc, OpenBLAS, OpenCV knobs) in
+interleaved rounds, so a knob is judged against the plain run under the same load.
+File-backed pages (shared library code actually executed) count in RSS and in VmHWM although
+the kernel may drop them; the split shows how much of the peak no setting of ours can free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from motion_bench import DEFAULT_SHARED, shared_clips
+
+from feederd.assets import default_model_path
+
+TARGET_MB = 150.0
+TOP_MAPPINGS = 8
+
+# Runs inside the measured process; kept free of feederd imports until ``main`` is called.
+CHILD = r"""
+import collections, json, re, sys, threading, time
+def status():
+    keys = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    return {line.split(":")[0]: int(line.split()[1]) / 1024
+            for line in open("/proc/self/status") if line.startswith(keys)}
+def mappings():
+    sizes, name = collections.Counter(), "[anon]"
+    for line in open("/proc/self/smaps"):
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            parts = line.split()
+            name = parts[5].rsplit("/", 1)[-1] if len(parts) > 5 else "[anon]"
+        elif line.startswith("Rss:"):
+            sizes[name] += int(line.split()[1]) / 1024
+    return sizes
+peak = {"VmRSS": 0.0}
+def sample():
+    while True:
+        now = status()
+        if now["VmRSS"] > peak["VmRSS"] + 0.5:
+            peak.update(now, maps=mappings())
+        time.sleep(0.01)
+threading.Thread(target=sample, daemon=True).start()
+from feederd.cli import main
+rc = main(sys.argv[1:])
+time.sleep(0.05)
+peak["VmHWM"] = status()["VmHWM"]
+print(json.dumps(peak))
+sys.exit(rc)
+"""
+
+FLOOR = ("import json; {imports}; print(json.dumps({{l.split(':')[0]: int(l.split()[1]) / 1024 "
+         "for l in open('/proc/self/status') if l.startswith(('VmRSS', 'RssAnon', 'RssFile'))}}))")
+
+
+def run_daemon(model: Path, clip: Path, env: dict[str, str]) -> dict:
+    """One fresh ``feederd run`` replaying ``clip``; its peak figures (MB) and mappings."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "feederd.toml"
+        config.write_text(f'state_dir = "{tmp}"\n[camera]\nsource = "{clip.resolve()}"\n'
+                          f'realtime = false\n[classifier]\nmodel = "{model.resolve()}"\n'
+                          '[mqtt]\nenabled = false\n')
+        result = subprocess.run([sys.executable, "-c", CHILD, "run", "--config", str(config)],
+                                capture_output=True, text=True, check=True,
+                                env={**os.environ, **env})
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def floor(imports: str) -> dict[str, float]:
+    """RSS of a fresh interpreter after ``imports`` (MB)."""
+    result = subprocess.run([sys.executable, "-c", FLOOR.format(imports=imports)],
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def split(figures: dict[str, float]) -> str:
+    return (f"{figures['VmRSS']:6.1f} MB (anon {figures['RssAnon']:5.1f}, "
+            f"file {figures['RssFile']:5.1f})")
+
+
+def parse_env(items: list[str]) -> dict[str, dict[str, str]]:
+    sides: dict[str, dict[str, str]] = {"plain": {}}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value:
+            raise SystemExit(f"--env {item!r}: expected NAME=VALUE")
+        sides[item] = {name: value}
+    return sides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path,
+                        default=Path(os.environ.get("FEEDERD_SHARED_DATA", DEFAULT_SHARED)))
+    parser.add_argument("--model", type=Path, default=default_model_path())
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes per side")
+    parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="also run with each of these environment settings")
+    args = parser.parse_args(argv)
+    clip = shared_clips(args.shared)[0]
+    print(f"feederd run, {args.model.name}, replaying {clip.name}, {args.runs} fresh runs/side")
+    print(f"  floor: numpy+cv2+onnxruntime  "
+          f"{split(floor('import numpy, cv2, onnxruntime'))}")
+    print(f"  floor: import feederd.daemon  {split(floor('import feederd.daemon'))}")
+    sides = parse_env(args.env)
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for _ in range(args.runs):
+        for name, env in sides.items():
+            runs[name].append(run_daemon(args.model, clip, env))
+    for name, results in runs.items():
+        hwm = sorted(r["VmHWM"] for r in results)
+        print(f"  {name:<40} VmHWM {hwm[0]:6.1f} / {statistics.median(hwm):6.1f} / "
+              f"{hwm[-1]:6.1f} MB (min / median / max; target <= {TARGET_MB:g})")
+    example = runs["plain"][-1]
+    print(f"  at the peak sample: {split(example)}; largest mappings (MB):")
+    for mapping, size in sorted(example["maps"].items(), key=lambda kv: -kv[1])[:TOP_MAPPINGS]:
+        print(f"    {size:6.1f}  {mapping}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
