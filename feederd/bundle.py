@@ -27,12 +27,13 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from feederd.errors import ModelError
+from feederd.onnxwire import read_metadata_props
 
 logger = logging.getLogger(__name__)
 
@@ -328,78 +329,16 @@ def _plain(value: Any) -> Any:
 def read_bundle(path: Path) -> Bundle:
     """Read a bundle's metadata without loading the graph (for ``feederd model ls``).
 
-    Does not prove the model runs; :func:`feederd.classifier.validate_bundle` does that.
+    Memory stays small whatever the bundle's size: the metadata is read from a memory map and
+    the hash in chunks. Does not prove the model runs;
+    :func:`feederd.classifier.validate_bundle` does that.
     """
     try:
-        data = path.read_bytes()
+        meta = read_metadata_props(path)
+        sha256 = file_sha256(path)
     except FileNotFoundError as exc:
         raise ModelError(f"{path}: no such model file") from exc
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
-    meta = read_metadata_props(data, path)
-    return parse_metadata(meta, path, hashlib.sha256(data).hexdigest())
-
-
-# ModelProto field numbers and protobuf wire types; see onnx/onnx.proto.
-_GRAPH_FIELD = 7
-_METADATA_FIELD = 14
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-
-
-def read_metadata_props(data: bytes, path: Path) -> dict[str, str]:
-    """The ``metadata_props`` of a serialised ONNX ModelProto, by walking its top-level fields.
-
-    A few lines of protobuf wire format spare the device the ``onnx`` package; a truncated or
-    foreign file raises :class:`ModelError`.
-    """
-    meta: dict[str, str] = {}
-    seen_graph = False
-    try:
-        for field, wire, value in _fields(data):
-            if field == _METADATA_FIELD and wire == _LEN:
-                entry = {f: v for f, w, v in _fields(value) if w == _LEN}
-                meta[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
-            seen_graph |= field == _GRAPH_FIELD and wire == _LEN
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: not a readable ONNX model ({exc}); the file may be "
-                         "truncated or corrupt, copy it again") from exc
-    if not seen_graph:
-        raise ModelError(f"{path}: not an ONNX model (no graph found)")
-    return meta
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
-    """Yield ``(field number, wire type, value)`` for each top-level protobuf field."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            value, pos = _varint(data, pos)
-            yield field, wire, value
-        elif wire in (_I64, _I32):
-            pos += 8 if wire == _I64 else 4
-            yield field, wire, None
-        elif wire == _LEN:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise ValueError("a field runs past the end of the file")
-            yield field, wire, data[pos:pos + length]
-            pos += length
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-        if pos > len(data) or field == 0:
-            raise ValueError("malformed field")
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("malformed varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return result, pos
+    except (OSError, ValueError) as exc:  # mmap of a directory or special file: ValueError
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise ModelError(f"{path}: cannot read model file: {reason}") from exc
+    return parse_metadata(meta, path, sha256)

@@ -97,6 +97,7 @@ class Daemon:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self._health = HealthFile(s.state_dir / HEALTH_FILE)
+        model_store_for(s).remove_stale()  # what a kill -9 during 'model install' left
         self._spool = Spool(s.spool_dir, s.spool, dedup_distance=s.mining.dedup_distance)
         self._recent = RecentVisits(s.mining.recent_max_bytes, s.mining.recent_max_age_s,
                                     s.mining.jpeg_quality)

@@ -26,8 +26,6 @@ import fcntl
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from feederd.atomic import copy_file, remove_stale, symlink
 from feederd.bundle import Bundle, file_sha256, read_bundle
 from feederd.errors import ModelError, SpoolError
 
@@ -162,6 +161,7 @@ class ModelStore:
         bundle = validate_bundle(Path(file))
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._locked():
+            remove_stale(self.dir)  # what an interrupted install left: none can run now
             return self._install(Path(file), bundle, spool_samples, force)
 
     def _install(self, file: Path, bundle: Bundle, samples: Samples,
@@ -181,7 +181,7 @@ class ModelStore:
             info["comparison"] = comparison.as_dict()
             self._refuse_regression(bundle, current, comparison, force)
         if not target.exists():
-            _copy_durably(file, target, bundle.sha256)
+            copy_file(file, target, _check_copy(file, bundle.sha256))
         if current is not None:
             self._point(PREVIOUS, current.name)
         self._point(CURRENT, name)
@@ -207,17 +207,17 @@ class ModelStore:
         logger.warning("%s; installing anyway (--force)", message)
 
     def compare(self, candidate: Path, current: Path, samples: Samples) -> Comparison:
-        """Run both models on the labelled samples; count who is right on each."""
-        from feederd.classifier import Classifier
+        """Run both models on the labelled samples; count who is right on each.
 
+        One model at a time, so that memory holds one bundle, not two.
+        """
         images, labels = _decode(samples)
-        new, old = Classifier(candidate, self.threads), Classifier(current, self.threads)
-        new_probs, _ = new.classify_batch(images)
-        old_probs, _ = old.classify_batch(images)
-        negatives = NOTHING_LABELS | new.bundle.negative_labels | old.bundle.negative_labels
-        new_right = sum(self._right(new.bundle, p, label, negatives)
+        new_probs, new = _probabilities(candidate, images, self.threads)
+        old_probs, old = _probabilities(current, images, self.threads)
+        negatives = NOTHING_LABELS | new.negative_labels | old.negative_labels
+        new_right = sum(self._right(new, p, label, negatives)
                         for p, label in zip(new_probs, labels, strict=True))
-        old_right = sum(self._right(old.bundle, p, label, negatives)
+        old_right = sum(self._right(old, p, label, negatives)
                         for p, label in zip(old_probs, labels, strict=True))
         return Comparison(len(images), int(new_right), int(old_right),
                           skipped=len(samples) - len(images))
@@ -248,12 +248,7 @@ class ModelStore:
 
     def _point(self, link: str, target: str) -> None:
         """Swap ``link`` to ``target`` atomically: symlink under a temp name, then rename."""
-        tmp = self.dir / f".{link}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.symlink(target, tmp)
-        os.replace(tmp, self.dir / link)
-        _fsync_dir(self.dir)
+        symlink(target, self.dir / link)
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` versions besides ``current`` and ``previous``."""
@@ -265,11 +260,27 @@ class ModelStore:
             logger.info("removing old model file %s", old.name)
             old.unlink(missing_ok=True)
 
+    def remove_stale(self) -> list[str]:
+        """Remove the temporary files an interrupted install left; -> their names.
+
+        A kill -9 or a power cut during ``model install`` leaves a partial copy (as large
+        as the bundle) that nothing else would ever remove. Skipped while an install runs.
+        """
+        if not self.dir.is_dir():
+            return []
+        try:
+            with self._locked(blocking=False):
+                return remove_stale(self.dir)
+        except BlockingIOError:
+            logger.info("a model install is running; stale files in %s are left for later",
+                        self.dir)
+            return []
+
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, blocking: bool = True) -> Iterator[None]:
         self.dir.mkdir(parents=True, exist_ok=True)
         with (self.dir / ".lock").open("a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
             try:
                 yield
             finally:
@@ -325,6 +336,16 @@ def _decode(samples: Samples) -> tuple[list[np.ndarray], list[str]]:
     return images, labels
 
 
+def _probabilities(path: Path, images: list[np.ndarray],
+                   threads: int) -> tuple[np.ndarray, Bundle]:
+    """The model's probabilities on ``images``; the model is released on return."""
+    from feederd.classifier import Classifier
+
+    model = Classifier(path, threads)
+    probs, _ = model.classify_batch(images)
+    return probs, model.bundle
+
+
 def _version_of(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -339,27 +360,9 @@ def _safe(version: str) -> str:
     return name or "model"
 
 
-def _copy_durably(source: Path, target: Path, sha256: str) -> None:
-    """Copy under a temporary name, check it is the validated file, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, source.open("rb") as src:
-            shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        if file_sha256(Path(tmp)) != sha256:
+def _check_copy(source: Path, sha256: str) -> Callable[[Path], None]:
+    """A check that the copy is the validated file (``source`` may change meanwhile)."""
+    def check(copy: Path) -> None:
+        if file_sha256(copy) != sha256:
             raise ModelError(f"{source} changed while it was being installed; copy it again")
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return check

@@ -321,3 +321,34 @@ class TestRefusedBundles:
         path = with_metadata(tmp_path / "nolabels.onnx", labels=[])
         with pytest.raises(ModelError, match=f"{path}.*feederd.labels"):
             Classifier(path)
+
+
+class TestMappedLoad:
+    """Large bundles load memory-mapped: their weights point back into the file."""
+
+    def test_a_mapped_bundle_answers_as_the_ordinary_load_does(
+            self, monkeypatch: pytest.MonkeyPatch, demo: Classifier,
+            scene: ModuleType) -> None:
+        from feederd import classifier as module
+
+        monkeypatch.setattr(module, "EXTERNAL_MIN_BYTES", 1024)
+        assert module._open_mapped(DEMO, 1) is not None  # the demo's weights are mapped
+        monkeypatch.setattr(module, "MAPPED_MIN_BYTES", 0)
+        mapped = Classifier(DEMO, threads=1)
+        frame, box = scene.render_scene("cardinal", np.random.default_rng(7), x=230)
+        expected, _ = demo.classify(frame, box)
+        got, _ = mapped.classify(frame, box)
+        assert got.labels == expected.labels and got.label == "cardinal"
+        assert np.allclose(got.probs, expected.probs, atol=1e-5)
+        assert mapped.bundle.sha256 == demo.bundle.sha256
+
+    def test_a_corrupt_large_bundle_is_still_refused_with_its_name(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from feederd import classifier as module
+
+        monkeypatch.setattr(module, "MAPPED_MIN_BYTES", 0)
+        broken = tmp_path / "broken.onnx"
+        data = DEMO.read_bytes()
+        broken.write_bytes(data[:len(data) // 2])
+        with pytest.raises(ModelError, match="broken.onnx"):
+            Classifier(broken, threads=1)

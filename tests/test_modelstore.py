@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 import pytest
+from daemonproc import DaemonProcess, write_config
 from onnx import numpy_helper
 from sync.helpers import (
     add_samples,
@@ -264,3 +269,71 @@ class TestOnTheDevice:
         out = json.loads(feederd(config, "model", "rollback", "--json").stdout)
         assert out["current"] == "m1"
         assert os.readlink(models_dir(tmp_path) / "current") == "m1.onnx"
+
+
+BENCH = Path(__file__).resolve().parent.parent / "tools" / "bench" / "install_memory_bench.py"
+
+
+@pytest.fixture(scope="module")
+def big_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 80 MB bundle (large enough to be memory-mapped), made by the install bench."""
+    out = tmp_path_factory.mktemp("big") / "big-1.onnx"
+    subprocess.run([sys.executable, str(BENCH), "--make", str(out), "80", "big-1"],
+                   check=True, timeout=120)
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_installing_a_large_bundle_costs_about_its_size_in_memory() -> None:
+    """Issue 9, fault 5: a 300 MB bundle peaked at 1.0 GB (3x its size over a tiny one).
+
+    The bound is file size + 200 MB; here an 80 MB bundle (still memory-mapped) must not cost
+    more than 1.5x its size over installing a tiny one (3.0x before the fix).
+    """
+    proc = subprocess.run([sys.executable, str(BENCH), "--mb", "80", "--repeat", "1",
+                           "--json"], capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["over_tiny_per_file_mb"] <= 1.5, result
+
+
+def kill_during_copy(config: Path, bundle: Path, models: Path, attempts: int = 5) -> list[str]:
+    """kill -9 a real ``feederd model install`` as soon as its temporary copy appears."""
+    for _ in range(attempts):
+        proc = subprocess.Popen([sys.executable, "-m", "feederd.cli", "model", "install",
+                                 str(bundle), "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            names = os.listdir(models) if models.is_dir() else []
+            if any(n.startswith(".") and ".onnx" in n for n in names):
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.0005)
+        proc.wait()
+        stale = [n for n in os.listdir(models) if n.startswith(".") and ".onnx" in n]
+        if proc.returncode == -signal.SIGKILL and stale:
+            return stale
+    return []
+
+
+@pytest.mark.timeout(300)
+def test_a_kill_9_during_install_leaves_a_partial_copy_that_start_up_removes(
+        tmp_path: Path, big_bundle: Path) -> None:
+    """Issue 9, fault 9: the partial copy (tens of MB) stayed in models/ for ever."""
+    config = write_config(tmp_path / "feederd.toml", {
+        "state_dir": str(tmp_path / "device"), "mqtt": {"enabled": False},
+        "camera": {"source": "demo", "realtime": True, "loop": True}})
+    models = models_dir(tmp_path)
+    stale = kill_during_copy(config, big_bundle, models)
+    assert stale, "no kill -9 landed while the bundle was being copied"
+    assert not (models / "current").exists()  # nothing partial became current
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_log(r"model .* from ", timeout=120)  # start-up is done
+        assert [n for n in os.listdir(models) if n.startswith(".") and ".onnx" in n] == []
+        assert stale[0] in daemon.log
+    finally:
+        daemon.stop()
+    info = json.loads(feederd(config, "model", "install", str(big_bundle), "--json").stdout)
+    assert info["installed"] == "big-1"

@@ -1,4 +1,6 @@
-"""The files of a spool: sample names, the metadata each JPEG carries, durable writes, the lock.
+"""The files of a spool: sample names, the metadata each JPEG carries, the writer's lock.
+
+Durable writes are :mod:`feederd.atomic`'s.
 
 Self-describing files. Each JPEG carries its sample's metadata as JSON in a COM segment (one
 file, one write: no sidecar), so that the files alone can rebuild a lost index
@@ -7,7 +9,6 @@ file, one write: no sidecar), so that the files alone can rebuild a lost index
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -33,7 +34,7 @@ def sample_file(sample_id: int) -> str:
 
 
 def sample_files(samples: Path) -> Iterator[Path]:
-    """The sample files (and temporary ones, ``.tmp-*.jpg``) in the ``samples/`` directory."""
+    """The sample files (and an older feederd's temporary ``.tmp-*.jpg``) in ``samples/``."""
     with os.scandir(samples) as entries:
         for entry in entries:
             if entry.name.endswith(".jpg") and entry.is_file():
@@ -99,36 +100,7 @@ def extract_metadata(data: bytes) -> tuple[dict[str, Any], bytes] | None:
     return None
 
 
-# ---- durable writes and the writer's lock ------------------------------------------------
-
-def write_durably(final: Path, data: bytes) -> None:
-    """Write ``final`` whole or not at all: temporary name, write, fsync, rename.
-
-    The directory is not fsynced here: a batch fsyncs it once, after all its files.
-    """
-    tmp = final.with_name(f".tmp-{final.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    finally:
-        os.close(fd)
-    os.rename(tmp, final)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
+# ---- the writer's lock ------------------------------------------------------------------
 
 def take_lock(directory: Path) -> int:
     """Hold ``spool.lock`` (flock) as the one writer; -> its descriptor, to close on release.

@@ -18,7 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from feederd.spool.fileformat import extract_metadata, fsync_dir, sample_file, sample_files
+from feederd.atomic import fsync_dir
+from feederd.spool.fileformat import extract_metadata, sample_file, sample_files
 from feederd.spool.index import (
     DB_NAME,
     connect,

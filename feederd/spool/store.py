@@ -19,6 +19,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, get_args
 
+from feederd.atomic import remove_stale
 from feederd.config import MiningConfig, SpoolConfig
 from feederd.errors import SpoolError
 from feederd.mining.decisions import Reason, label_rank, priority
@@ -282,6 +283,7 @@ class Spool(SpoolWriter):
         """
         self._samples.mkdir(parents=True, exist_ok=True)
         self._lock_fd = take_lock(self.directory)
+        remove_stale(self._samples)  # partial files of a write a crash cut short
         path = self.directory / DB_NAME
         existed = path.exists() and path.stat().st_size > 0
         conn, damage = open_index(path, self._samples, existed)

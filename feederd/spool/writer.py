@@ -19,18 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from feederd.atomic import fsync_dir, write_bytes
 from feederd.config import SpoolConfig
 from feederd.errors import SpoolError
 from feederd.mining.decisions import Candidate, label_rank
 from feederd.mining.imagehash import HashIndex
-from feederd.spool.fileformat import (
-    SOI,
-    embed_metadata,
-    fsync_dir,
-    sample_file,
-    sample_meta,
-    write_durably,
-)
+from feederd.spool.fileformat import SOI, embed_metadata, sample_file, sample_meta
 from feederd.spool.index import high_water, insert_rows, set_meta, to_row, transaction
 
 # The package's name, as before feederd.spool became a package: log lines and
@@ -185,7 +179,7 @@ class SpoolWriter:
                     written: list[Path]) -> tuple[bytes, int]:
         data = embed_metadata(pending.jpeg, meta)
         final = self._samples / sample_file(pending.id)
-        write_durably(final, data)
+        write_bytes(final, data, sync_dir=False)  # the batch fsyncs the directory once
         written.append(final)
         return hashlib.sha256(data).digest(), len(data)
 

@@ -23,7 +23,6 @@ float32 interface.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
+from feederd.atomic import publish, temp_name
 from feederd.bundle import METADATA_PREFIX, InputSpec, encode_metadata
 from feederd.classifier import EMBEDDING, PROBS, Classifier
 from feederd.errors import SyncError
@@ -375,7 +375,7 @@ def _write_bundle(build: Callable[[bool], onnx.ModelProto], meta: dict[str, obje
     A bundle that fails validation is never left at ``out``.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    tmp = temp_name(out)
     try:
         _save(build(True), meta, tmp)
         if not _runs_batch_of_two(tmp, spec):
@@ -383,7 +383,7 @@ def _write_bundle(build: Callable[[bool], onnx.ModelProto], meta: dict[str, obje
                            "size 1", out)
             _save(build(False), meta, tmp)
             Classifier(tmp, threads=1)
-        os.replace(tmp, out)
+        publish(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("wrote bundle %s (%s)", out, meta["version"])

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from feederd.atomic import write_bytes, write_json
 from feederd.bundle import Bundle, read_bundle
 from feederd.errors import SyncError
 from feederd.sync.dataset import (
@@ -41,7 +42,7 @@ from feederd.sync.dataset import (
 )
 from feederd.sync.plots import PAIR_PNG, confusion_pair_png, confusion_png
 from feederd.sync.train import Head, head_path
-from feederd.sync.workspace import Workspace, atomic_write_bytes, atomic_write_json, safe_name
+from feederd.sync.workspace import Workspace, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -310,8 +311,8 @@ def _write_report(report: Report) -> None:
         confusion_png(score, report.path / f"confusion-{safe_name(score.version)}.png")
     panels = [("deployed", report.reference)] if report.reference else []
     confusion_pair_png([*panels, ("candidate", report.candidate)], report.path / PAIR_PNG)
-    atomic_write_json(report.path / "report.json", report.as_dict())
-    atomic_write_bytes(report.path / "report.md", markdown(report).encode("utf-8"))
+    write_json(report.path / "report.json", report.as_dict())
+    write_bytes(report.path / "report.md", markdown(report).encode("utf-8"))
 
 
 def markdown(report: Report) -> str:

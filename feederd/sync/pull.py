@@ -12,6 +12,14 @@ the device get ``spool ack`` - so nothing it drops was not safely on the laptop.
 A corrupt or truncated stream, a checksum mismatch or a hostile member name raises
 :class:`TransportError`; files of samples not yet committed are removed, so nothing partial is
 ever visible.
+
+A stream is trusted no further than the device's own format: only an uncompressed tar (what
+``feederd spool export`` writes; a compressed one could expand a hundredfold on the disk),
+members of at most :data:`SAMPLE_MAX_BYTES`, at most ``pull_max_mb`` (device config) in all,
+sequence numbers no larger than :data:`MAX_SEQ` nor the stream's own high-water mark. A label
+outside the label grammar (:data:`feederd.sync.workspace.LABEL`) and any other text field that
+is not printable (terminal escapes) are refused: the sample is kept without that value, and
+the refusal is logged and counted (``refused``).
 """
 
 from __future__ import annotations
@@ -20,24 +28,29 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
 import tarfile
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from feederd.atomic import publish, temp_file
 from feederd.errors import SyncError, TransportError
 from feederd.sync.transport import Transport
-from feederd.sync.workspace import SampleIndex, Workspace, fsync_dir
+from feederd.sync.workspace import LABEL, SampleIndex, Workspace
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 MANIFEST_MAX_BYTES = 64 * 2**20
-SAMPLE_MAX_BYTES = 64 * 2**20
+SAMPLE_MAX_BYTES = 16 * 2**20
+"""A spool sample is one JPEG crop (tens of kilobytes); a 4K frame at quality 100 fits."""
+MAX_SEQ = 2**48
+"""More changes than a spool makes in millennia: a larger sequence number is a broken or
+hostile stream (and, once stored, would make every later pull ask for nothing)."""
+TEXT_MAX_CHARS = 200
+LAST_SEQ_HEADER = "feederd.last_seq"
 COMMIT_EVERY = 64
 CHUNK = 1 << 16
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -54,11 +67,13 @@ class PullResult:
     acked: int | None = None
     bytes: int = 0
     labels: dict[str, int] = field(default_factory=dict)
+    refused: int = 0
+    max_bytes: int = 4096 * 2**20
 
     def as_dict(self) -> dict[str, Any]:
         return {"since": self.since, "received": self.received, "last_seq": self.last_seq,
                 "spool_id": self.spool_id, "acked": self.acked, "bytes": self.bytes,
-                "labels": self.labels}
+                "labels": self.labels, "refused": self.refused}
 
 
 def pull(workspace: Workspace, transport: Transport,
@@ -93,7 +108,8 @@ def pull(workspace: Workspace, transport: Transport,
 
 def _pull_once(workspace: Workspace, transport: Transport, index: SampleIndex, spool_id: str,
                since: int, progress: Callable[[int], None] | None) -> PullResult:
-    result = PullResult(since=since, last_seq=since, spool_id=spool_id)
+    result = PullResult(since=since, last_seq=since, spool_id=spool_id,
+                        max_bytes=transport.config.pull_max_mb * 2**20)
     with transport.export(since) as stream:
         receive(stream, workspace, index, result, progress)
     return result
@@ -142,7 +158,10 @@ class _Receiver:
         self.ready: list[dict[str, Any]] = []
 
     def read(self, stream: IO[bytes]) -> None:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        # "r|", not "r|*": the device writes plain tar, and a compressed stream could
+        # expand a hundredfold on this disk before it failed.
+        _refuse_compressed(stream)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 self._member(tar, member)
         if self.rows is None:
@@ -168,7 +187,7 @@ class _Receiver:
             raise TransportError(f"cannot read {member.name!r} from the export stream")
         if name == MANIFEST:
             self._spool(member.pax_headers.get(SPOOL_ID_HEADER, ""))
-            self._manifest(handle, member.size)
+            self._manifest(handle, member.size, _last_seq(member.pax_headers))
         else:
             self._file(name, handle, member.size)
         self._match()
@@ -182,13 +201,19 @@ class _Receiver:
             raise SpoolChanged(spool_id)
         self.result.spool_id = spool_id or self.result.spool_id
 
-    def _manifest(self, handle: IO[bytes], size: int) -> None:
+    def _manifest(self, handle: IO[bytes], size: int, last_seq: int | None) -> None:
         if self.rows is not None:
             raise TransportError(f"the export stream holds two {MANIFEST} files")
         if size > MANIFEST_MAX_BYTES:
             raise TransportError(f"{MANIFEST} is {size} bytes, more than the "
                                  f"{MANIFEST_MAX_BYTES} accepted")
         rows = parse_manifest(handle.read(), self.result.since)
+        for row in rows:
+            if last_seq is not None and row["seq"] > last_seq:
+                raise TransportError(f"{MANIFEST}: sample {row['id']} has sequence "
+                                     f"{row['seq']}, beyond the stream's own last sequence "
+                                     f"{last_seq}; the stream is inconsistent")
+            self.result.refused += refuse_unsafe_text(row)
         self.rows = {row["path"]: row for row in rows}
 
     def _file(self, name: str, handle: IO[bytes], size: int) -> None:
@@ -198,7 +223,12 @@ class _Receiver:
             raise TransportError(f"the export stream holds {name!r}, which its manifest does "
                                  "not list")
         if size > SAMPLE_MAX_BYTES:
-            raise TransportError(f"{name!r} is {size} bytes, more than a sample may be")
+            raise TransportError(f"{name!r} is {size} bytes, more than a sample may be "
+                                 f"({SAMPLE_MAX_BYTES})")
+        if self.result.bytes + size > self.result.max_bytes:
+            raise TransportError(f"the export stream carries more than "
+                                 f"{self.result.max_bytes // 2**20} MB; raise pull_max_mb in "
+                                 "the device's feeder-sync config if its spool is that large")
         digest, stored = self._store(handle)
         self.seen.add(name)
         self.files[name] = (digest, size, stored)
@@ -216,26 +246,21 @@ class _Receiver:
                             "free some disk space and pull again") from exc
 
     def _write(self, handle: IO[bytes], folder: Path, digest: Any) -> tuple[str, Path]:
-        fd, tmp = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=folder)
+        with temp_file(folder / "incoming.jpg") as (out, tmp):
+            for chunk in iter(lambda: handle.read(CHUNK), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        sha = digest.hexdigest()
+        final = folder / sha[:2] / f"{sha}.jpg"
+        if final.exists():
+            tmp.unlink()
+            return sha, final
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in iter(lambda: handle.read(CHUNK), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            sha = digest.hexdigest()
-            final = folder / sha[:2] / f"{sha}.jpg"
-            if final.exists():
-                os.unlink(tmp)
-                return sha, final
             final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        except OSError:
+            tmp.unlink(missing_ok=True)
             raise
+        publish(tmp, final)
         self.created.add(final)
         return sha, final
 
@@ -283,6 +308,20 @@ class _Receiver:
             with contextlib.suppress(OSError):
                 path.unlink()
         self.created.clear()
+
+
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz",
+              b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _refuse_compressed(stream: IO[bytes]) -> None:
+    """Name the problem when the stream is compressed (tarfile alone would say "corrupt")."""
+    peek = getattr(stream, "peek", None)
+    head = peek(8)[:8] if peek is not None else b""
+    for magic, kind in COMPRESSED.items():
+        if head.startswith(magic):
+            raise TransportError(f"the export stream is {kind}-compressed; feederd exports "
+                                 "plain tar, and a compressed stream is refused unread")
 
 
 def _safe_name(name: str) -> str:
@@ -338,6 +377,14 @@ def _check_row(row: Any, number: int) -> dict[str, Any]:
         raise TransportError(f"{where}: 'sha256' is not 64 lowercase hex digits")
     if row["seq"] < 0 or row["size"] < 0:
         raise TransportError(f"{where}: 'seq' and 'size' must not be negative")
+    if row["seq"] > MAX_SEQ:
+        raise TransportError(f"{where}: sequence number {row['seq']} is absurd (a spool's "
+                             f"stay below {MAX_SEQ}); the stream is broken or hostile")
+    if row["size"] > SAMPLE_MAX_BYTES:
+        raise TransportError(f"{where}: size {row['size']} is more than a sample may be "
+                             f"({SAMPLE_MAX_BYTES})")
+    if isinstance(row["id"], str) and not _printable(row["id"]):
+        raise TransportError(f"{where}: 'id' {row['id'][:40]!r} is not a printable name")
     row["path"] = _safe_name(row["path"])
     if row["path"] == MANIFEST:
         raise TransportError(f"{where}: a sample cannot be called {MANIFEST}")
@@ -345,6 +392,58 @@ def _check_row(row: Any, number: int) -> dict[str, Any]:
     reasons = row.get("reasons") or []
     row["reasons"] = [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)]
     return row
+
+
+TEXT_FIELDS = ("predicted", "visit_id", "model_version", "label_source")
+
+
+def refuse_unsafe_text(row: dict[str, Any]) -> int:
+    """Drop values a terminal or a file name must never see; -> how many were dropped.
+
+    ``label`` must follow the label grammar (it becomes a class name); the other text fields,
+    reasons and probability keys must be short and printable. The sample itself is kept.
+    """
+    refused: list[str] = []
+    label = row.get("label")
+    if label is not None and not (isinstance(label, str) and LABEL.match(label)):
+        refused.append(f"label {str(label)[:40]!r}")
+        row["label"] = row["label_source"] = None
+    for key in TEXT_FIELDS:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, str) and _printable(value)):
+            refused.append(f"{key} {str(value)[:40]!r}")
+            row[key] = None
+    reasons = [r for r in row["reasons"] if _printable(r)]
+    refused += [f"reason {r[:40]!r}" for r in row["reasons"] if r not in reasons]
+    row["reasons"] = reasons
+    probs = row.get("probs")
+    if isinstance(probs, dict):
+        row["probs"] = {k: v for k, v in probs.items() if _printable(k)
+                        and isinstance(v, int | float) and not isinstance(v, bool)}
+        refused += [f"probability of {k[:40]!r}" for k in probs if k not in row["probs"]]
+    elif probs is not None:
+        refused.append("probs (not an object)")
+        row["probs"] = {}
+    if refused:
+        logger.warning("sample %s: refused %s from the device (not a valid label or not "
+                       "printable text); the sample is kept without them", row["id"],
+                       ", ".join(refused))
+    return len(refused)
+
+
+def _printable(text: str) -> bool:
+    return 0 < len(text) <= TEXT_MAX_CHARS and text.isprintable()
+
+
+def _last_seq(headers: Mapping[str, str]) -> int | None:
+    """The stream's high-water mark (PAX header), checked like a row's sequence number."""
+    raw = headers.get(LAST_SEQ_HEADER)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) > MAX_SEQ:
+        raise TransportError(f"{MANIFEST}: header {LAST_SEQ_HEADER}={raw[:40]!r} is not a "
+                             "plausible sequence number; the stream is broken or hostile")
+    return int(raw)
 
 
 def _kind(kind: type | tuple[type, ...]) -> str:

@@ -17,18 +17,16 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
-import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from feederd.errors import SyncError
 from feederd.sync.train import FIELD_SUFFIX
-from feederd.sync.workspace import SampleIndex, Workspace, training_label
+from feederd.sync.workspace import LABEL, SampleIndex, Workspace, training_label
 
 logger = logging.getLogger(__name__)
 
-LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 OWNER = "owner"
 ACCEPTED = "accepted_pseudo"
 EXCLUDED = "excluded"

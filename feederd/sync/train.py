@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from feederd.atomic import write_bytes, write_json
 from feederd.errors import SyncError
 from feederd.sync.dataset import (
     PREPROCESS,
@@ -45,13 +46,7 @@ from feederd.sync.dataset import (
     scan_folder,
     split,
 )
-from feederd.sync.workspace import (
-    TrainingConfig,
-    Workspace,
-    atomic_write_bytes,
-    atomic_write_json,
-    safe_name,
-)
+from feederd.sync.workspace import TrainingConfig, Workspace, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +74,7 @@ class Head:
         buffer = io.BytesIO()
         np.savez(buffer, weights=self.weights, bias=self.bias, mean=self.mean, std=self.std,
                  labels=np.array(self.labels))
-        atomic_write_bytes(path, buffer.getvalue())
+        write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> Head | None:
@@ -395,7 +390,7 @@ def _write_sidecar(workspace: Workspace, version: str, parent: str | None,
                    items: Sequence[Item], shas: dict[str, str], oof: dict[str, list[float]],
                    dropped: int) -> None:
     """What the bundle cannot say: which images it trained on, and out-of-fold answers."""
-    atomic_write_json(workspace.sidecar_path(version), {
+    write_json(workspace.sidecar_path(version), {
         "version": version, "parent": parent,
         "trained_shas": sorted({shas[i.key] for i in items}),
         "mined": sorted(str(i.sample["id"]) for i in items if i.source == "mined" and i.sample),

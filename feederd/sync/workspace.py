@@ -38,7 +38,6 @@ import json
 import os
 import re
 import sqlite3
-import tempfile
 import time
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
@@ -48,10 +47,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from feederd.atomic import write_json
 from feederd.errors import ConfigError, SyncError
 
 CONFIG_ENV = "FEEDER_SYNC_CONFIG"
 DEVICE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+"""The label grammar: a class name the owner types, and a label a pull may store."""
 HISTORY_MAX = 200
 
 
@@ -87,6 +89,8 @@ class DeviceConfig(_Strict):
                                     "visits.min_confidence: a species predicted at least this "
                                     "confidently counts as an alert in evaluations.")
     timeout_s: float = Field(600.0, gt=0, description="Longest wait for one device command.")
+    pull_max_mb: int = Field(4096, ge=1, description="Most megabytes one pull accepts from "
+                             "the device (a larger stream is refused, nothing is kept).")
 
     @field_validator("host")
     @classmethod
@@ -199,39 +203,6 @@ def device_config(config: SyncConfig, name: str) -> DeviceConfig:
                           f"[devices.{name}] with transport = \"ssh\" and host = ...") from None
 
 
-# --- durable files ----------------------------------------------------------------------------
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` survive a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name, fsync, rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 # --- the workspace ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -269,7 +240,7 @@ class Workspace:
         for folder in (self.samples_dir, self.models_dir, self.reports_dir):
             folder.mkdir(parents=True, exist_ok=True)
         if not self.state_path.exists():
-            atomic_write_json(self.state_path, {"device": self.device, "last_seq": 0,
+            write_json(self.state_path, {"device": self.device, "last_seq": 0,
                                                 "acked_seq": 0, "models": {}, "history": []})
         return self
 
@@ -293,7 +264,7 @@ class Workspace:
         return state
 
     def save_state(self, state: Mapping[str, Any]) -> None:
-        atomic_write_json(self.state_path, dict(state))
+        write_json(self.state_path, dict(state))
 
     def update_state(self, **changes: Any) -> dict[str, Any]:
         state = self.load_state()

@@ -10,6 +10,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from feederd.config import SpoolConfig
@@ -99,7 +100,8 @@ class TestPullFromARealSpool:
 
 def tar_stream(samples: list[bytes], *, manifest_first: bool = False, start: int = 1,
                tamper: dict[str, object] | None = None, names: dict[int, str] | None = None,
-               extra: list[tarfile.TarInfo] | None = None) -> bytes:
+               extra: list[tarfile.TarInfo] | None = None, mode: str = "w|",
+               headers: dict[str, str] | None = None) -> bytes:
     """An export stream like feederd's (``file`` names the JPEG, manifest last by default)."""
     rows_, files = [], []
     for n, data in enumerate(samples):
@@ -117,14 +119,14 @@ def tar_stream(samples: list[bytes], *, manifest_first: bool = False, start: int
     members = [("manifest.jsonl", manifest), *files] if manifest_first else \
         [*files, ("manifest.jsonl", manifest)]
     out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=out, mode=mode, format=tarfile.PAX_FORMAT) as tar:
         for info in extra or []:
             tar.addfile(info)
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             if name == "manifest.jsonl":
-                info.pax_headers = {"feederd.spool_id": "spool-a"}
+                info.pax_headers = {"feederd.spool_id": "spool-a", **(headers or {})}
             tar.addfile(info, io.BytesIO(data))
     return out.getvalue()
 
@@ -132,14 +134,14 @@ def tar_stream(samples: list[bytes], *, manifest_first: bool = False, start: int
 class StreamDevice:
     """A device whose ``feederd spool export`` sends a prepared stream (real subprocess)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, **device: object) -> None:
         self.stream = tmp / "stream.tar"
         self.acks = tmp / "acks.log"
         self.acks.touch()
         self.workspace = Workspace(tmp / "ws", "feeder").create()
         command = f"{sys.executable} {STREAM_DEVICE} {self.stream} {self.acks}"
         self.transport = LocalTransport("feeder", DeviceConfig(transport="local",
-                                                               feederd=command))
+                                                               feederd=command, **device))
 
     def send(self, data: bytes) -> StreamDevice:
         self.stream.write_bytes(data)
@@ -259,3 +261,79 @@ class TestBrokenStreams:
         device.send(rebuilt).pull()
         assert device.stored()[0] == 3
         assert device.acked() == [3, 3]
+
+
+def stored_bytes(device: StreamDevice) -> int:
+    return sum(p.stat().st_size for p in device.workspace.samples_dir.rglob("*") if p.is_file())
+
+
+class TestHostileStreams:
+    """Issue 9, fault 11: what a broken or hostile device can send is bounded and checked."""
+
+    def test_a_compressed_stream_is_refused_before_anything_is_written(
+            self, device: StreamDevice) -> None:
+        bomb = bytes(12 * 2**20)  # 12 MB of zeros: ~12 KB gzipped
+        device.send(tar_stream([bomb], mode="w|gz"))
+        with pytest.raises(TransportError, match="compressed"):
+            device.pull()
+        assert stored_bytes(device) == 0 and device.acked() == []
+
+    def test_a_member_larger_than_a_sample_may_be_is_refused_unread(
+            self, device: StreamDevice) -> None:
+        device.send(tar_stream([bytes(17 * 2**20)]))
+        with pytest.raises(TransportError, match="more than a sample may be"):
+            device.pull()
+        assert stored_bytes(device) == 0 and device.acked() == []
+
+    def test_a_stream_larger_than_pull_max_mb_is_refused_and_nothing_kept(
+            self, tmp_path: Path) -> None:
+        device = StreamDevice(tmp_path, pull_max_mb=1)
+        rng = np.random.default_rng(1)
+        device.send(tar_stream([rng.bytes(600_000) for _ in range(3)]))
+        with pytest.raises(TransportError, match="pull_max_mb"):
+            device.pull()
+        assert stored_bytes(device) == 0 and device.acked() == []
+
+    @pytest.mark.parametrize("seq", [2**62, 2**48 + 1])
+    def test_an_absurd_sequence_number_is_refused_and_not_acked(
+            self, device: StreamDevice, seq: int) -> None:
+        device.send(tar_stream(images(2), tamper={"seq": seq}))
+        with pytest.raises(TransportError, match="absurd"):
+            device.pull()
+        assert device.stored() == (0, []) and device.acked() == []
+
+    def test_a_sequence_beyond_the_streams_own_last_sequence_is_refused(
+            self, device: StreamDevice) -> None:
+        device.send(tar_stream(images(3), headers={"feederd.last_seq": "2"}))
+        with pytest.raises(TransportError, match="beyond the stream's own last sequence"):
+            device.pull()
+        assert device.acked() == []
+
+    def test_an_absurd_last_sequence_header_is_refused(self, device: StreamDevice) -> None:
+        device.send(tar_stream(images(1), headers={"feederd.last_seq": str(2**62)}))
+        with pytest.raises(TransportError, match="not a plausible sequence number"):
+            device.pull()
+
+    @pytest.mark.parametrize("label", ["\x1b[2J\x1b[31mcardinal", "../..", "a/b", "bad label",
+                                       "x" * 101])
+    def test_a_label_outside_the_grammar_is_refused_and_the_sample_kept(
+            self, device: StreamDevice, label: str) -> None:
+        result = device.send(tar_stream(images(2), tamper={"label": label})).pull()
+        assert result.refused == 1 and result.received == 2  # type: ignore[attr-defined]
+        with device.workspace.index() as index:
+            labels = sorted((s["id"], s["label"], s["label_source"]) for s in index.all())
+        assert labels == [("1", None, None), ("2", "other", "user")]
+        assert device.acked() == [2]
+
+    def test_terminal_escapes_in_other_text_fields_are_dropped(self, device: StreamDevice
+                                                             ) -> None:
+        escape = "\x1b]0;owned\x07"
+        device.send(tar_stream(images(1), tamper={
+            "predicted": escape, "visit_id": escape, "model_version": escape,
+            "reasons": ["rejected", escape], "probs": {escape: 0.5, "robin": 0.5}})).pull()
+        with device.workspace.index() as index:
+            (sample,) = index.all()
+        assert (sample["predicted"], sample["visit_id"], sample["model_version"]) == \
+            (None, None, None)
+        assert sample["reasons"] == ["rejected"]
+        assert sample["probs"] == {"robin": 0.5}
