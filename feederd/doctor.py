@@ -199,6 +199,7 @@ def _existing(path: Path) -> Path:
 
 def check_spool(settings: Settings) -> Check:
     from feederd.spool import DB_NAME, Spool
+    from feederd.spool.quarantine import quarantined_files
 
     directory = settings.spool_dir
     if not (directory / DB_NAME).exists():
@@ -210,6 +211,13 @@ def check_spool(settings: Settings) -> Check:
         _quick_check(directory / DB_NAME)
     except (FeederError, sqlite3.Error) as exc:
         return Check("spool", False, str(exc), _spool_fix(directory / DB_NAME))
+    if damaged := quarantined_files(directory):
+        return Check("spool", False, f"{len(damaged)} damaged sample file(s) quarantined in "
+                     f"{damaged[0].parent} (latest {damaged[-1].name}; "
+                     f"{stats['quarantined']} since the spool was made)",
+                     "files on the SD card changed after they were written: back it up and "
+                     "check it (`dmesg | grep -i mmc`), replace it if this grows; delete "
+                     "the quarantine folder to clear this")
     return Check("spool", True, f"{stats['samples']} samples, {stats['bytes'] / 2**20:.1f} "
                  f"MiB, {stats['unsynced']} not yet synced ({directory})")
 

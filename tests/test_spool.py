@@ -277,6 +277,26 @@ class TestExportAndAck:
         assert members == [] and manifest == []
         assert pax["feederd.last_seq"] == "2" and pax["feederd.spool_id"] == spool_id
 
+    def test_a_file_whose_sha256_changed_is_quarantined_left_out_and_named(
+            self, tmp_path: Path) -> None:
+        with spool_in(tmp_path) as spool:
+            fill(spool, 3)
+            rotten = tmp_path / "samples" / sample_file(2)
+            data = bytearray(rotten.read_bytes())
+            data[-30] ^= 0x01  # one bit, same size
+            rotten.write_bytes(bytes(data))
+            out = io.BytesIO()
+            assert spool.export(0, out) == 3
+            stats = spool.stats()
+            again = io.BytesIO()
+            spool.export(0, again)
+        manifest = assert_export_verifies(out.getvalue(), since=0)
+        assert [m["id"] for m in manifest] == [1, 3]
+        assert json.loads(read_export(out.getvalue())[2]["feederd.damaged"])[0]["id"] == 2
+        assert (tmp_path / "quarantine" / sample_file(2)).read_bytes() == bytes(data)
+        assert stats["quarantined"] == 1 and stats["samples"] == 2
+        assert "feederd.damaged" not in read_export(again.getvalue())[2]
+
     def test_ack_marks_samples_up_to_a_seq_as_synced(self, tmp_path: Path) -> None:
         with spool_in(tmp_path) as spool:
             fill(spool, 4)

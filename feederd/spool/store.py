@@ -221,6 +221,8 @@ class Spool(SpoolWriter):
                 "total(label_source = 'user'), total(label_source = 'pseudo') FROM samples"
             ).fetchone()
             rebuilt = get_meta(self._db, "rebuilt")
+            quarantined = int(get_meta(self._db, "quarantined") or 0)
+            recent_damage = json.loads(get_meta(self._db, "quarantine") or "[]")
             with self._state:
                 counters, queued, paused = dict(self._counters), self._queued[0], self._paused
             out: dict[str, Any] = {
@@ -230,6 +232,7 @@ class Spool(SpoolWriter):
                 "max_bytes": self.cfg.max_bytes, "max_count": self.cfg.max_count,
                 "queued": queued, "paused": paused, **counters,
                 "rebuilt": json.loads(rebuilt) if rebuilt else None,
+                "quarantined": quarantined, "quarantine": recent_damage[-5:],
             }
         with contextlib.suppress(OSError):
             out["free_bytes"] = shutil.disk_usage(self.directory).free

@@ -107,7 +107,10 @@ def cmd_pull(ctx: Context) -> int:
         result = pull(ctx.workspace.require(), ctx.transport(), bar)
     ctx.emit(result.as_dict(), lambda d: (
         f"pulled {d['received']} samples from '{ctx.device}' (up to sequence {d['last_seq']}"
-        f"{', acknowledged' if d['acked'] else ''}); labels: {d['labels'] or '-'}"))
+        f"{', acknowledged' if d['acked'] else ''}); labels: {d['labels'] or '-'}"
+        + (f"; the device quarantined {len(d['damaged'])} damaged sample(s)"
+           if d['damaged'] else "")
+        + (f"; {d['refused']} unsafe value(s) refused" if d['refused'] else "")))
     return EXIT_OK
 
 

@@ -15,45 +15,42 @@ ever visible.
 
 A stream is trusted no further than the device's own format: only an uncompressed tar (what
 ``feederd spool export`` writes; a compressed one could expand a hundredfold on the disk),
-members of at most :data:`SAMPLE_MAX_BYTES`, at most ``pull_max_mb`` (device config) in all,
-sequence numbers no larger than :data:`MAX_SEQ` nor the stream's own high-water mark. A label
-outside the label grammar (:data:`feederd.sync.workspace.LABEL`) and any other text field that
-is not printable (terminal escapes) are refused: the sample is kept without that value, and
-the refusal is logged and counted (``refused``).
+members of at most ``SAMPLE_MAX_BYTES``, at most ``pull_max_mb`` (device config) in all; the
+manifest's rows are checked by :mod:`feederd.sync.manifest` (absurd sequence numbers refuse the
+stream; a label outside the label grammar or unprintable text is refused value by value and
+counted in ``refused``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
-import re
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Any
 
 from feederd.atomic import publish, temp_file
 from feederd.errors import SyncError, TransportError
+from feederd.sync.manifest import (
+    MANIFEST,
+    MANIFEST_MAX_BYTES,
+    SAMPLE_MAX_BYTES,
+    damaged_header,
+    last_seq_header,
+    parse_manifest,
+    refuse_unsafe_text,
+    safe_name,
+)
 from feederd.sync.transport import Transport
-from feederd.sync.workspace import LABEL, SampleIndex, Workspace
+from feederd.sync.workspace import SampleIndex, Workspace
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.jsonl"
-MANIFEST_MAX_BYTES = 64 * 2**20
-SAMPLE_MAX_BYTES = 16 * 2**20
-"""A spool sample is one JPEG crop (tens of kilobytes); a 4K frame at quality 100 fits."""
-MAX_SEQ = 2**48
-"""More changes than a spool makes in millennia: a larger sequence number is a broken or
-hostile stream (and, once stored, would make every later pull ask for nothing)."""
-TEXT_MAX_CHARS = 200
-LAST_SEQ_HEADER = "feederd.last_seq"
 COMMIT_EVERY = 64
 CHUNK = 1 << 16
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass
@@ -68,12 +65,13 @@ class PullResult:
     bytes: int = 0
     labels: dict[str, int] = field(default_factory=dict)
     refused: int = 0
+    damaged: list[int] = field(default_factory=list)
     max_bytes: int = 4096 * 2**20
 
     def as_dict(self) -> dict[str, Any]:
         return {"since": self.since, "received": self.received, "last_seq": self.last_seq,
                 "spool_id": self.spool_id, "acked": self.acked, "bytes": self.bytes,
-                "labels": self.labels, "refused": self.refused}
+                "labels": self.labels, "refused": self.refused, "damaged": self.damaged}
 
 
 def pull(workspace: Workspace, transport: Transport,
@@ -176,7 +174,7 @@ class _Receiver:
         self._commit()
 
     def _member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        name = _safe_name(member.name)
+        name = safe_name(member.name)
         if member.isdir():
             return
         if not member.isfile():
@@ -187,7 +185,8 @@ class _Receiver:
             raise TransportError(f"cannot read {member.name!r} from the export stream")
         if name == MANIFEST:
             self._spool(member.pax_headers.get(SPOOL_ID_HEADER, ""))
-            self._manifest(handle, member.size, _last_seq(member.pax_headers))
+            self._manifest(handle, member.size, last_seq_header(member.pax_headers))
+            self.result.damaged = damaged_header(member.pax_headers)
         else:
             self._file(name, handle, member.size)
         self._match()
@@ -322,133 +321,6 @@ def _refuse_compressed(stream: IO[bytes]) -> None:
         if head.startswith(magic):
             raise TransportError(f"the export stream is {kind}-compressed; feederd exports "
                                  "plain tar, and a compressed stream is refused unread")
-
-
-def _safe_name(name: str) -> str:
-    """A member name as a relative POSIX path, or TransportError for anything that escapes."""
-    if not name or "\\" in name or "\x00" in name:
-        raise TransportError(f"refusing tar member {name!r}: not a plain relative path")
-    path = PurePosixPath(name)
-    if path.is_absolute() or name.startswith("/"):
-        raise TransportError(f"refusing tar member {name!r}: absolute paths are not accepted")
-    if ".." in path.parts:
-        raise TransportError(f"refusing tar member {name!r}: '..' is not accepted")
-    return str(PurePosixPath(*[p for p in path.parts if p != "."]))
-
-
-REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "seq": int, "id": (int, str), "sha256": str, "size": int, "path": str}
-"""Required manifest fields; the file name may also be given as ``file`` (feederd's spool)."""
-
-
-def parse_manifest(data: bytes, since: int) -> list[dict[str, Any]]:
-    """Rows of ``manifest.jsonl`` after ``since``, each checked; TransportError otherwise."""
-    rows: list[dict[str, Any]] = []
-    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TransportError(f"{MANIFEST} line {number} is not JSON ({exc})") from exc
-        row = _check_row(row, number)
-        if row["seq"] > since:
-            rows.append(row)
-    names = [r["path"] for r in rows]
-    if len(set(names)) != len(names):
-        raise TransportError(f"{MANIFEST} lists the same file for two samples")
-    seqs = [r["seq"] for r in rows]
-    if len(set(seqs)) != len(seqs):
-        raise TransportError(f"{MANIFEST} lists the same sequence number twice")
-    return rows
-
-
-def _check_row(row: Any, number: int) -> dict[str, Any]:
-    where = f"{MANIFEST} line {number}"
-    if not isinstance(row, dict):
-        raise TransportError(f"{where} is not a JSON object")
-    if "path" not in row and "file" in row:
-        row["path"] = row["file"]
-    for key, kind in REQUIRED.items():
-        value = row.get(key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise TransportError(f"{where}: '{key}' is missing or not a {_kind(kind)}")
-    if not SHA256.match(row["sha256"]):
-        raise TransportError(f"{where}: 'sha256' is not 64 lowercase hex digits")
-    if row["seq"] < 0 or row["size"] < 0:
-        raise TransportError(f"{where}: 'seq' and 'size' must not be negative")
-    if row["seq"] > MAX_SEQ:
-        raise TransportError(f"{where}: sequence number {row['seq']} is absurd (a spool's "
-                             f"stay below {MAX_SEQ}); the stream is broken or hostile")
-    if row["size"] > SAMPLE_MAX_BYTES:
-        raise TransportError(f"{where}: size {row['size']} is more than a sample may be "
-                             f"({SAMPLE_MAX_BYTES})")
-    if isinstance(row["id"], str) and not _printable(row["id"]):
-        raise TransportError(f"{where}: 'id' {row['id'][:40]!r} is not a printable name")
-    row["path"] = _safe_name(row["path"])
-    if row["path"] == MANIFEST:
-        raise TransportError(f"{where}: a sample cannot be called {MANIFEST}")
-    row["id"] = str(row["id"])
-    reasons = row.get("reasons") or []
-    row["reasons"] = [str(r) for r in reasons] if isinstance(reasons, list) else [str(reasons)]
-    return row
-
-
-TEXT_FIELDS = ("predicted", "visit_id", "model_version", "label_source")
-
-
-def refuse_unsafe_text(row: dict[str, Any]) -> int:
-    """Drop values a terminal or a file name must never see; -> how many were dropped.
-
-    ``label`` must follow the label grammar (it becomes a class name); the other text fields,
-    reasons and probability keys must be short and printable. The sample itself is kept.
-    """
-    refused: list[str] = []
-    label = row.get("label")
-    if label is not None and not (isinstance(label, str) and LABEL.match(label)):
-        refused.append(f"label {str(label)[:40]!r}")
-        row["label"] = row["label_source"] = None
-    for key in TEXT_FIELDS:
-        value = row.get(key)
-        if value is not None and not (isinstance(value, str) and _printable(value)):
-            refused.append(f"{key} {str(value)[:40]!r}")
-            row[key] = None
-    reasons = [r for r in row["reasons"] if _printable(r)]
-    refused += [f"reason {r[:40]!r}" for r in row["reasons"] if r not in reasons]
-    row["reasons"] = reasons
-    probs = row.get("probs")
-    if isinstance(probs, dict):
-        row["probs"] = {k: v for k, v in probs.items() if _printable(k)
-                        and isinstance(v, int | float) and not isinstance(v, bool)}
-        refused += [f"probability of {k[:40]!r}" for k in probs if k not in row["probs"]]
-    elif probs is not None:
-        refused.append("probs (not an object)")
-        row["probs"] = {}
-    if refused:
-        logger.warning("sample %s: refused %s from the device (not a valid label or not "
-                       "printable text); the sample is kept without them", row["id"],
-                       ", ".join(refused))
-    return len(refused)
-
-
-def _printable(text: str) -> bool:
-    return 0 < len(text) <= TEXT_MAX_CHARS and text.isprintable()
-
-
-def _last_seq(headers: Mapping[str, str]) -> int | None:
-    """The stream's high-water mark (PAX header), checked like a row's sequence number."""
-    raw = headers.get(LAST_SEQ_HEADER)
-    if raw is None:
-        return None
-    if not raw.isdigit() or int(raw) > MAX_SEQ:
-        raise TransportError(f"{MANIFEST}: header {LAST_SEQ_HEADER}={raw[:40]!r} is not a "
-                             "plausible sequence number; the stream is broken or hostile")
-    return int(raw)
-
-
-def _kind(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
 
 
 @contextlib.contextmanager

@@ -96,6 +96,44 @@ class TestPullFromARealSpool:
         assert rows(setup) == []
 
 
+def flip_a_bit(path: Path) -> None:
+    """Bit rot: one bit of the JPEG body changes; size and metadata stay as they were."""
+    data = bytearray(path.read_bytes())
+    data[len(data) - 40] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+class TestDamagedSpoolFiles:
+    """Issue 9, fault 6: one bit-rotted spool JPEG blocked every future pull."""
+
+    def test_a_rotten_file_is_quarantined_and_the_pull_carries_on(self, setup: Setup) -> None:
+        spool = spool_dir(setup.tmp)
+        add_samples(spool, squirrels(4))
+        rotten = sorted((spool / "samples").glob("*.jpg"))[1]
+        flip_a_bit(rotten)
+        first = json.loads(run_sync(setup.config, "pull", "--json").stdout)
+        assert first["received"] == 3 and first["damaged"] == [int(rotten.stem)]
+        assert first["acked"] == first["last_seq"] == 4
+        assert not rotten.exists() and (spool / "quarantine" / rotten.name).exists()
+        add_samples(spool, squirrels(2, seed=900))
+        second = json.loads(run_sync(setup.config, "pull", "--json").stdout)
+        assert second["received"] == 2 and second["damaged"] == []
+        assert len(rows(setup)) == 5
+
+    def test_the_damage_shows_in_spool_stats_and_doctor(self, setup: Setup) -> None:
+        spool = spool_dir(setup.tmp)
+        add_samples(spool, squirrels(2))
+        flip_a_bit(sorted((spool / "samples").glob("*.jpg"))[0])
+        run_sync(setup.config, "pull")
+        config = setup.tmp / "feederd.toml"
+        stats = json.loads(feederd(config, "spool", "stats", "--json").stdout)
+        assert stats["quarantined"] == 1 and stats["samples"] == 1
+        assert stats["quarantine"][0]["id"] == 1
+        doctor = json.loads(feederd(config, "doctor", "--json", check=False).stdout)
+        (check,) = [c for c in doctor if c["name"] == "spool"]
+        assert not check["ok"] and "1 damaged sample file(s) quarantined" in check["detail"]
+
+
 # --- hostile and broken streams ---------------------------------------------------------------
 
 def tar_stream(samples: list[bytes], *, manifest_first: bool = False, start: int = 1,
