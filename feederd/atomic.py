@@ -43,11 +43,12 @@ def fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def temp_file(final: Path) -> Iterator[tuple[IO[bytes], Path]]:
+def temp_file(final: Path, fsync: bool = True) -> Iterator[tuple[IO[bytes], Path]]:
     """``(handle, temporary path)`` beside ``final``: flushed and fsynced on a clean exit.
 
     The caller renames it (:func:`publish`), or it is removed on any error. The name is
-    exclusive (``O_EXCL``), so two writers never share one.
+    exclusive (``O_EXCL``), so two writers never share one. ``fsync=False`` is for files
+    that are rewritten anyway after a power cut (still whole-or-nothing for a crash).
     """
     tmp = temp_name(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -55,7 +56,8 @@ def temp_file(final: Path) -> Iterator[tuple[IO[bytes], Path]]:
         with os.fdopen(fd, "wb") as handle:
             yield handle, tmp
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -74,9 +76,10 @@ def publish(tmp: Path, final: Path, *, sync_dir: bool = True) -> None:
         fsync_dir(final.parent)
 
 
-def write_bytes(final: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``final`` whole or not at all."""
-    with temp_file(final) as (handle, tmp):
+def write_bytes(final: Path, data: bytes, *, sync_dir: bool = True,
+                fsync: bool = True) -> None:
+    """Write ``final`` whole or not at all (``fsync=False``: see :func:`temp_file`)."""
+    with temp_file(final, fsync) as (handle, tmp):
         handle.write(data)
     publish(tmp, final, sync_dir=sync_dir)
 

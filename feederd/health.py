@@ -10,12 +10,13 @@ still runs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from feederd.atomic import write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,10 @@ class HealthFile:
         state = {"pid": os.getpid(), **state}
         if state == self._last:
             return False
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        data = (json.dumps(state, sort_keys=True, default=str) + "\n").encode()
         try:
-            tmp.write_text(json.dumps(state, sort_keys=True, default=str) + "\n")
-            os.replace(tmp, self.path)
+            write_bytes(self.path, data, fsync=False, sync_dir=False)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             if not self._failed:
                 logger.warning("cannot write %s (%s); `feederd doctor` will not see the "
                                "daemon's state until it can", self.path, exc)
