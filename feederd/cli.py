@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from feederd import __version__
 from feederd.config import Settings, load_settings
-from feederd.errors import ConfigError, FeederError, MqttError, TransportError
+from feederd.errors import (
+    EXIT_FAIL,
+    EXIT_OK,
+    ConfigError,
+    FeederError,
+    cli_failure,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,7 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _emit(data: Any, as_json: bool, text: Callable[[Any], str] | None = None) -> None:
@@ -422,21 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(LoggingConfig(level="WARNING"))
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"feederd: {problem}\n")
-        return EXIT_USAGE
-    except (MqttError, TransportError) as exc:
-        sys.stderr.write(f"feederd: {exc}\n")
-        return EXIT_FAIL
-    except FeederError as exc:
-        sys.stderr.write(f"feederd: {exc}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
-    except Exception:
-        logger.exception("feederd %s failed unexpectedly; please report this", args.command)
-        return EXIT_FAIL
+    except (Exception, KeyboardInterrupt) as exc:  # one mapping for both CLIs: feederd.errors
+        return cli_failure("feederd", args.command, exc)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,18 +31,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from prerequisites import require_tool
 
 HOST = "127.0.0.1"
 WAIT_S = 15.0
 
 
 def find_mosquitto() -> str:
-    """The broker binary, or a test failure saying how to install it."""
-    for candidate in ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if found := shutil.which(candidate):
-            return found
-    pytest.fail("the mosquitto broker is not installed; install it with "
-                "`apt-get install mosquitto` (MQTT tests run a real broker)")
+    """The broker binary (the MQTT tests run a real one); else skip, or fail under CI."""
+    return require_tool("mosquitto")
 
 
 def free_port() -> int:
@@ -78,9 +74,7 @@ class Pki:
 
 def make_pki(directory: Path) -> Pki:
     """Generate the test certificates with the ``openssl`` command (EC keys: fast)."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the openssl command is not installed; install it with "
-                    "`apt-get install openssl`")
+    require_tool("openssl")
     directory.mkdir(parents=True, exist_ok=True)
     _self_signed_ca(directory, "ca", "feederd test CA")
     _self_signed_ca(directory, "other-ca", "some other CA")
@@ -215,7 +209,7 @@ class Mosquitto:
     def _password_file(self) -> Path:
         path = self.workdir / "passwords"
         path.unlink(missing_ok=True)
-        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        tool = require_tool("mosquitto_passwd", "mosquitto")
         for index, (user, password) in enumerate((self.users or {}).items()):
             create = ["-c"] if index == 0 else []
             subprocess.run([tool, *create, "-b", str(path), user, password], check=True,

@@ -350,5 +350,5 @@ class TestMappedLoad:
         broken = tmp_path / "broken.onnx"
         data = DEMO.read_bytes()
         broken.write_bytes(data[:len(data) // 2])
-        with pytest.raises(ModelError, match="broken.onnx"):
+        with pytest.raises(ModelError, match=r"broken\.onnx"):
             Classifier(broken, threads=1)

@@ -7,6 +7,7 @@ it raises an alert every few seconds in real time and a test sees several visits
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -232,6 +233,18 @@ BAD_PAYLOADS = st.one_of(
 )
 
 
+FEEDBACK_LINE = re.compile(r"MQTT feedback (?:dropped|handler failed|repeated|accepted)[^\n]*")
+
+
+def feedback_lines(daemon: DaemonProcess) -> list[str]:
+    """The daemon's one log line per reply it handled, in order."""
+    return FEEDBACK_LINE.findall(daemon.log)
+
+
+def labels_of(samples: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    return sorted((s["id"], s["label"], s["label_source"]) for s in samples)
+
+
 class TestFuzzedFeedback:
     @pytest.fixture(scope="class")
     def live(self, tmp_path_factory, fast_clip):
@@ -252,19 +265,29 @@ class TestFuzzedFeedback:
     @settings(max_examples=40, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(payload=BAD_PAYLOADS)
-    def test_malformed_replies_are_dropped_and_the_daemon_keeps_classifying(
+    def test_each_malformed_reply_is_dropped_and_a_good_reply_after_it_is_still_taken(
             self, live, payload):
-        _config, probe, daemon, _event = live
+        """A round trip per example: the good reply is handled only after the bad one was
+        (one MQTT session, in order), so a bad reply that hung or killed the handler fails."""
+        _config, probe, daemon, event = live
+        before = len(feedback_lines(daemon))
         probe.publish(f"{TOPIC}/feedback", payload)
+        probe.publish(f"{TOPIC}/feedback", json.dumps({"event_id": event,
+                                                       "verdict": "not_a_bird"}))
+        wait_until(lambda: len(feedback_lines(daemon)) >= before + 2
+                   or daemon.proc.poll() is not None, 30, "both replies to be handled")
         assert daemon.proc.poll() is None, daemon.log
+        bad, good = feedback_lines(daemon)[before:before + 2]
+        assert "handler failed" not in bad, daemon.log
+        assert re.search(rf"(accepted|repeated): {event} not_a_bird", good), good
 
     def test_after_the_fuzzing_the_accepted_reply_is_unchanged_and_alerts_continue(
             self, live):
         config, probe, daemon, event = live
-        samples = user_labelled(config, event)
+        samples = labels_of(user_labelled(config, event))
         alerts = len(probe.on(f"{TOPIC}/alert"))
         probe.wait_for(f"{TOPIC}/alert", alerts + 1, 60)
-        assert user_labelled(config, event) == samples
+        assert samples and labels_of(user_labelled(config, event)) == samples
         stats = json.loads(probe.wait_for(f"{TOPIC}/stats", 1, 30)[-1].payload)
         assert stats["mqtt"]["feedback_rejected"] >= 1
         assert daemon.proc.poll() is None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from brokers import Mosquitto, free_port
 from daemonproc import write_config
+from prerequisites import require_tool, skip_or_fail
 
 from feederd.assets import demo_model_path
 from feederd.config import SpoolConfig
@@ -242,24 +242,17 @@ class TestABrokenDisk:
     def test_a_nearly_full_disk_fails(self, feeder: Feeder) -> None:
         small = feeder.root / "small"
         small.mkdir()
-        if shutil.which("unshare") is None:
-            skip_unless_ci("no unshare command to mount a small disk")
+        require_tool("unshare", "util-linux")
         config = feeder.config(state_dir=str(small))
         # A 4 MiB tmpfs over the state folder, visible to the doctor only (private namespace).
         wrap = ["unshare", "--mount", "sh", "-c",
                 f"mount -t tmpfs -o size=4m tmpfs {small} || exit 99; exec \"$@\"", "sh"]
         report = feeder.doctor(config, wrap=wrap)
         if report.returncode == 99:
-            skip_unless_ci(f"cannot mount a tmpfs here: {report.stderr.strip()}")
+            skip_or_fail(f"cannot mount a tmpfs here: {report.stderr.strip()}")
         check = assert_only_failure(report, "disk")
         assert str(small) in check["detail"] and "MiB free" in check["detail"]
         assert "free space" in check["fix"]
-
-
-def skip_unless_ci(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI must run this test)")
-    pytest.skip(reason)
 
 
 class TestABrokenSpool:

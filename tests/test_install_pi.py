@@ -19,14 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prerequisites import require_root, require_tool
 
 from feederd.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tools" / "install-pi.sh"
 UNIT = REPO / "systemd" / "feederd.service"
-REQUIRE_TOOLS = (os.environ.get("CI") == "true"
-                 or os.environ.get("FEEDERD_REQUIRE_SHARED_DATA") == "1")
 
 
 def installer(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -47,13 +46,10 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
 
 @pytest.fixture(scope="module")
 def tools() -> None:
-    missing = [tool for tool in ("useradd", "groupadd", "systemctl") if not shutil.which(tool)]
-    if missing:
-        if REQUIRE_TOOLS:
-            pytest.fail(f"missing {missing}; CI must install passwd and systemd")
-        pytest.skip(f"missing {missing}")
-    if os.geteuid() != 0:
-        pytest.skip("a real run sets owners with chown, which needs root")
+    for tool, package in (("useradd", "passwd"), ("groupadd", "passwd"),
+                          ("systemctl", "systemd")):
+        require_tool(tool, package)
+    require_root("a real run (it sets owners with chown)")
 
 
 def make_root(base: Path) -> Path:

@@ -8,20 +8,18 @@ Without systemd-analyze these tests skip, except in CI (which installs systemd),
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from prerequisites import require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "feederd.service"
 INSTALLER = REPO / "tools" / "install-pi.sh"
 MAX_EXPOSURE = 1.5  # `systemd-analyze security --offline=yes`, systemd 252; lower it, never raise
-REQUIRE_SYSTEMD = (os.environ.get("CI") == "true"
-                   or os.environ.get("FEEDERD_REQUIRE_SHARED_DATA") == "1")
 
 
 def directives(text: str) -> dict[str, list[str]]:
@@ -45,12 +43,7 @@ def one(key: str) -> str:
 
 @pytest.fixture(scope="module")
 def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        if REQUIRE_SYSTEMD:
-            pytest.fail("systemd-analyze is missing; CI must install systemd (.ci/run)")
-        pytest.skip("systemd-analyze is not installed")
-    return path
+    return require_tool("systemd-analyze", "systemd")
 
 
 def make_root(tmp_path: Path, unit_text: str) -> Path:

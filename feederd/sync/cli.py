@@ -15,7 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from feederd.errors import ConfigError, FeederError, TransportError
+from feederd.errors import (
+    EXIT_OK,
+    ConfigError,
+    cli_failure,
+)
 from feederd.sync.workspace import (
     SyncConfig,
     Workspace,
@@ -26,7 +30,6 @@ from feederd.sync.workspace import (
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 class Context:
@@ -311,18 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(Context(args)))
-    except ConfigError as exc:
-        for problem in exc.problems:
-            sys.stderr.write(f"feeder-sync: {problem}\n")
-        return EXIT_USAGE
-    except TransportError as exc:
-        sys.stderr.write(f"feeder-sync: {exc}\n")
-        return EXIT_FAIL
-    except FeederError as exc:
-        sys.stderr.write(f"feeder-sync: {exc}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:  # one mapping for both CLIs: feederd.errors
+        return cli_failure("feeder-sync", args.command, exc)
 
 
 if __name__ == "__main__":

@@ -143,4 +143,8 @@ def test_concurrent_adds_reads_and_expiry_keep_the_bound() -> None:
         t.join()
     assert not errors
     stats = recent.stats()
-    assert 0 <= stats["bytes"] <= 30 * RAW and stats["raw_bytes"] >= 0
+    assert 0 <= stats["raw_bytes"] <= stats["bytes"] <= 30 * RAW
+    assert stats["raw_bytes"] % RAW == 0  # whole raw crops: no update was lost to a race
+    recent.expire(now_mono=10**6)  # everything expires: the accounting must return to zero
+    assert (recent.stats()["visits"], recent.stats()["bytes"], recent.stats()["raw_bytes"]) \
+        == (0, 0, 0)

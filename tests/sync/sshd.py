@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import socket
 import subprocess
 import time
@@ -17,16 +16,6 @@ from pathlib import Path
 
 SSHD = Path("/usr/sbin/sshd")
 HOST_ALIAS = "feeder-test"
-
-
-def available() -> str | None:
-    """Why a real sshd test cannot run here, or None when it can."""
-    if not SSHD.exists():
-        return f"{SSHD} is not installed (apt-get install openssh-server)"
-    for tool in ("ssh", "ssh-keygen"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (apt-get install openssh-client)"
-    return None
 
 
 def free_port() -> int:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prerequisites import require_tool
 
 from feederd.errors import TransportError
 from feederd.sync.transport import SshTransport
@@ -28,16 +27,11 @@ from sync.helpers import (
 )
 
 
-def require(reason: str | None) -> None:
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"CI must run the ssh tests: {reason}")
-    if reason:
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.SshServer]:
-    require(sshd.available())
+    require_tool(str(sshd.SSHD), "openssh-server")
+    for tool in ("ssh", "ssh-keygen"):
+        require_tool(tool, "openssh-client")
     ssh = sshd.SshServer(tmp_path_factory.mktemp("sshd")).start()
     try:
         yield ssh
@@ -87,7 +81,7 @@ class TestRealSsh:
 
 class TestUnreachable:
     def test_a_closed_port_is_a_clear_transport_error(self, tmp_path: Path) -> None:
-        require(None if shutil.which("ssh") else "ssh is not installed")
+        require_tool("ssh", "openssh-client")
         port = sshd.free_port()
         transport = SshTransport("feeder", DeviceConfig.model_validate({
             "host": "127.0.0.1", "ssh_options": ["-p", str(port), "-o",
@@ -98,7 +92,7 @@ class TestUnreachable:
         assert "Connection refused" in str(e.value)
 
     def test_the_cli_exits_1_and_says_how_to_check(self, setup: Setup) -> None:
-        require(None if shutil.which("ssh") else "ssh is not installed")
+        require_tool("ssh", "openssh-client")
         extra = (f'host = "127.0.0.1"\nssh_options = ["-p", "{sshd.free_port()}", "-o", '
                  '"StrictHostKeyChecking=no"]\n')
         config = sync_config(setup.tmp, transport="ssh", extra=extra)
