@@ -2,7 +2,7 @@
 
 ``feederd model import`` runs on the device, where the ``onnx`` package (and its protobuf
 runtime) is not installed. An inference graph needs only a handful of message types, so they
-are written here by hand, the mirror of :func:`feederd.bundle.read_metadata_props`. Field
+are written here by hand, the mirror of :mod:`feederd.onnxwire` (the reading side). Field
 numbers follow ``onnx/onnx.proto`` (proto2: repeated scalars are written unpacked). The tests
 check the output with the real ``onnx`` checker.
 """

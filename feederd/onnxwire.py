@@ -11,7 +11,7 @@ Two uses on the device, both about memory:
   about 300 MB instead of 900 MB (``tools/bench/install_memory_bench.py``). The bundle stays
   one ordinary ONNX file; only the bytes handed to onnxruntime change.
 
-Field numbers are onnx/onnx.proto's.
+Field numbers are onnx/onnx.proto's; :mod:`feederd.onnx_proto` is the writing side.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Protocol
 
 from feederd.errors import ModelError
+
+# The writer's encoders: one implementation of the wire format's writing side.
+from feederd.onnx_proto import _int, _msg, _str
 
 # ModelProto, GraphProto, TensorProto and StringStringEntryProto fields; wire types.
 MODEL_GRAPH, MODEL_METADATA = 7, 14
@@ -87,7 +90,7 @@ def external_view(data: mmap.mmap, location: str, min_bytes: int) -> bytes | Non
         if field == MODEL_GRAPH and wire == LEN:
             graph, moved = _graph_view(data, start, end, location, min_bytes)
             changed |= moved
-            out += _key(field, LEN) + _varint_bytes(len(graph)) + graph
+            out += _msg(field, graph)
         else:
             out += data[begin:end]
     return bytes(out) if changed else None
@@ -105,7 +108,7 @@ def _graph_view(data: mmap.mmap, start: int, end: int, location: str,
             out += data[begin:value_end]
             continue
         moved = True
-        out += _key(field, LEN) + _varint_bytes(len(tensor)) + tensor
+        out += _msg(field, tensor)
     return bytes(out), moved
 
 
@@ -124,9 +127,8 @@ def _tensor_view(data: mmap.mmap, start: int, end: int, location: str,
             out += data[begin:value_end]
     for key, value in (("location", location), ("offset", str(offset)),
                        ("length", str(length))):
-        entry = _string(1, key) + _string(2, value)
-        out += _key(TENSOR_EXTERNAL_DATA, LEN) + _varint_bytes(len(entry)) + entry
-    out += _key(TENSOR_DATA_LOCATION, VARINT) + _varint_bytes(EXTERNAL)
+        out += _msg(TENSOR_EXTERNAL_DATA, _str(1, key) + _str(2, value))
+    out += _int(TENSOR_DATA_LOCATION, EXTERNAL)
     return bytes(out)
 
 
@@ -166,21 +168,3 @@ def _varint(data: Buffer, pos: int, end: int) -> tuple[int, int]:
         shift += 7
         if not byte & 0x80:
             return result, pos
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _key(field: int, wire: int) -> bytes:
-    return _varint_bytes(field << 3 | wire)
-
-
-def _string(field: int, text: str) -> bytes:
-    raw = text.encode()
-    return _key(field, LEN) + _varint_bytes(len(raw)) + raw

@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import zipfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from feederd.atomic import write_bytes
 from feederd.bundle import InputSpec, encode_metadata
 from feederd.errors import ModelError
 from feederd.onnx_proto import serialize_model
@@ -120,13 +120,7 @@ def _text(path: Path) -> str:
 
 def _write(out: Path, blob: bytes) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        with tmp.open("wb") as handle:
-            handle.write(blob)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, out)
+        write_bytes(out, blob)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ModelError(f"{out}: cannot write the bundle: {exc.strerror}") from exc
