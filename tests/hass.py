@@ -25,10 +25,9 @@ from typing import Any
 
 import pytest
 from brokers import HOST, free_port, wait_until
+from prerequisites import skip_or_fail
 
 HA_VERSION = os.environ.get("FEEDERD_HA_VERSION", "2025.4.4")
-REQUIRED = (os.environ.get("CI", "").lower() == "true"
-            or os.environ.get("FEEDERD_REQUIRE_SHARED_DATA") == "1")
 _CACHE = Path(os.environ.get("FEEDERD_TEST_CACHE", Path.home() / ".cache" / "feederd-tests"))
 _WATCHER = Path(__file__).with_name("hass_watch.py")
 _CONFIG = """\
@@ -62,10 +61,7 @@ def ha_venv() -> Path:
     venv = _CACHE / f"ha-{HA_VERSION}"
     if (venv / ".complete").exists():
         return venv
-    message = f"Home Assistant {HA_VERSION} venv missing at {venv}: run tools/ha-venv.sh"
-    if REQUIRED:
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail(f"Home Assistant {HA_VERSION} venv missing at {venv}: run tools/ha-venv.sh")
 
 
 class HomeAssistant:
