@@ -20,6 +20,7 @@ from feederd.config import Settings, load_settings
 from feederd.errors import (
     EXIT_FAIL,
     EXIT_OK,
+    EXIT_USAGE,
     ConfigError,
     FeederError,
     cli_failure,
