@@ -206,7 +206,7 @@ def _bird_entities(topics: Topics, node: str, device: Device,
     entities: list[tuple[str, str, str, dict[str, Any]]] = [
         ("sensor", "last_species", "Last species", {
             "state_topic": topics.last_alert,
-            "value_template": "{{ value_json.display_name }}",
+            "value_template": _SHOWN_NAME if names else "{{ value_json.display_name }}",
             **species,
             "json_attributes_topic": topics.last_alert,
             "json_attributes_template": _json_of(
@@ -263,6 +263,12 @@ def _bird_entities(topics: Topics, node: str, device: Device,
             "icon": "mdi:bird",
         }))
     return entities
+
+
+# A retained last alert whose species is no longer an option (``visits.species`` narrowed, a
+# new model) would make Home Assistant log an error at every start: show it as unknown instead.
+_SHOWN_NAME = ("{% set n = value_json.display_name %}"
+               "{{ n if n in (this.attributes.options | default([])) else None }}")
 
 
 def _button_template(sensor_entity_id: str) -> str:

@@ -220,7 +220,7 @@ def test_after_a_restart_stats_and_the_snapshot_are_there(
     assert image[:2] == b"\xff\xd8"
 
 
-def test_a_964_species_model_is_announced_and_shown(scene: Scene,
+def test_a_964_species_model_is_announced_and_a_stale_species_shown_as_unknown(scene: Scene,
                                                     restarted: dict[str, Any]) -> None:
     species = tuple((f"species_{i:03d}", f"Species {i:03d}") for i in range(964))
     cfg = MqttConfig(host=scene.broker.host, port=scene.broker.port, device_id="big")
@@ -234,6 +234,11 @@ def test_a_964_species_model_is_announced_and_shown(scene: Scene,
     state = wait_state(scene.ha, "sensor.feederd_big_last_species",
                        lambda s: s["state"] == "Species 963")
     assert len(state["attributes"]["options"]) == 964
+    probe.publish("feederd/big/last_alert", json.dumps(
+        {"display_name": "Dodo", "label": "dodo", "event_id": "y"}), retain=True)
+    stale = wait_state(scene.ha, "sensor.feederd_big_last_species",
+                       lambda s: s["attributes"].get("event_id") == "y")
+    assert stale["state"] == "unknown"  # a species that is no longer an option: no error
     events = wait_state(scene.ha, "event.feederd_big_bird", lambda s: True)
     assert len(events["attributes"]["event_types"]) == 964
     probe.close()
