@@ -56,6 +56,14 @@ def demo_model_path() -> Path:
     return asset_path(DEMO_MODEL)
 
 
+def is_demo_model(path: Path) -> bool:
+    """``path`` is the bundled cartoon model (it cannot recognise real birds)."""
+    try:
+        return path.resolve() == demo_model_path().resolve()
+    except (ModelError, OSError):
+        return False
+
+
 def demo_clip_path() -> Path:
     """The synthetic feeder clip the demo model was made for."""
     return asset_path(DEMO_CLIP)

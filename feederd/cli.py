@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,17 +74,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Replay the bundled clip through the bundled model; alerts as JSON lines on stdout."""
+    """Replay the bundled clip through the bundled model; alerts as JSON lines on stdout,
+    then a summary line; the spool stays in a folder the user can look at."""
+    from feederd.demo import demo_state_dir, fresh_state_dir
+
     if args.state_dir:
         return _demo(args, Path(args.state_dir))
-    with tempfile.TemporaryDirectory(prefix="feederd-demo-") as state:
-        return _demo(args, Path(state))
+    return _demo(args, fresh_state_dir(demo_state_dir()))
 
 
 def _demo(args: argparse.Namespace, state: Path) -> int:
+    from feederd import demo
     from feederd.assets import demo_model_path
     from feederd.daemon import Daemon
     from feederd.logsetup import setup_logging
+    from feederd.spool import DB_NAME, Spool
 
     overrides: dict[str, Any] = {
         "state_dir": str(state),
@@ -96,7 +99,16 @@ def _demo(args: argparse.Namespace, state: Path) -> int:
     }
     settings = _settings(args, **overrides)
     setup_logging(settings.logging)
-    return Daemon(settings, alert_stream=sys.stdout, visits_to_stream=args.visits).run()
+    sink = demo.DemoSink(sys.stdout, args.visits, demo.Truth.load())
+    code = Daemon(settings, alert_sink=sink).run()
+    samples = 0
+    if (settings.spool_dir / DB_NAME).exists():
+        with Spool(settings.spool_dir, settings.spool, writer=False) as spool:
+            samples = int(spool.stats()["samples"])
+    result = demo.summary(sink, settings.spool_dir, samples)
+    _emit(result, True)
+    sys.stderr.write(demo.summary_text(result, state) + "\n")
+    return code
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -125,7 +137,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for name in args.images:  # a typo in the last name should not wait for the model
         if not Path(name).is_file():
             raise FeederError(f"{name}: no such image file")
-    classifier = Classifier(resolve_model_path(settings), settings.classifier.threads)
+    model = resolve_model_path(settings)
+    _warn_if_demo_model(model)
+    classifier = Classifier(model, settings.classifier.threads)
     bundle = classifier.bundle
     results = []
     for name in args.images:
@@ -148,6 +162,16 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def _named(display: str, label: str) -> str:
     """"Tufted Titmouse [tufted_titmouse]"; a bare label when the model has no names."""
     return label if display in (label, label.replace("_", " ")) else f"{display} [{label}]"
+
+
+def _warn_if_demo_model(model: Path) -> None:
+    from feederd.assets import is_demo_model
+
+    if is_demo_model(model):
+        sys.stderr.write("feederd: warning: classifying with the bundled demo model, which "
+                         "knows cartoon birds only: its labels for real photos mean nothing. "
+                         "Install a real model (`feederd model install FILE`) or set "
+                         "classifier.model\n")
 
 
 def _read_image(name: str) -> np.ndarray:
@@ -230,7 +254,9 @@ def cmd_model(args: argparse.Namespace) -> int:
     settings = _settings(args)
     store = store_for(settings)  # compares a candidate on the spool's owner-labelled samples
     if args.model_cmd == "ls":
-        _emit(store.ls(), args.json, _model_ls_text)
+        entries = store.ls()
+        _emit(entries, args.json, lambda es: "\n\n".join(
+            [*([_model_ls_text(es)] if es else []), _serving(settings, not es)]))
     elif args.model_cmd == "install":
         _emit(store.install_file(Path(args.file), force=args.force), args.json)
     elif args.model_cmd == "rollback":
@@ -270,6 +296,25 @@ def _model_import(args: argparse.Namespace) -> int:
           lambda d: f"wrote {d['file']}: {d['version']}, {d['labels']} labels; install it "
                     f"with: feederd model install {d['file']}")
     return EXIT_OK
+
+
+def _serving(settings: Settings, nothing_installed: bool) -> str:
+    """Which bundle ``feederd run`` loads, said plainly (an empty listing says nothing)."""
+    from feederd.assets import is_demo_model
+    from feederd.bundle import read_bundle
+    from feederd.daemon import resolve_model_path
+
+    path = resolve_model_path(settings)
+    try:
+        version = read_bundle(path).version
+    except FeederError as exc:
+        version = f"(unreadable: {exc})"
+    why = ("classifier.model is set" if settings.classifier.model else
+           f"no model is installed in {settings.models_dir}" if nothing_installed else
+           "the installed 'current' model")
+    demo = (" — the bundled demo model, cartoon birds only; install a real one with "
+            "`feederd model install FILE`") if is_demo_model(path) else ""
+    return f"serving: {version} from {path} ({why}){demo}"
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -355,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--realtime", action="store_true", help="replay at the clip's speed")
     demo.add_argument("--visits", action="store_true", help="also print visit summaries")
     demo.add_argument("--mqtt", action="store_true", help="also publish to the [mqtt] broker")
-    demo.add_argument("--state-dir", help="keep spool and state here (default: a temp folder)")
+    demo.add_argument("--state-dir", help="keep spool and state here (default: "
+                      "~/.local/state/feederd-demo, emptied at each run)")
     check = add("check-config", cmd_check_config, "validate a config file and exit")
     check.add_argument("file", nargs="?", help="config file to check")
     classify = add("classify", cmd_classify, "classify image files with the current model")

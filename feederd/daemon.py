@@ -17,8 +17,8 @@ from types import FrameType
 from typing import IO, Any
 
 from feederd import __version__
-from feederd.assets import default_model_path, demo_clip_path
-from feederd.capture import open_source
+from feederd.assets import default_model_path, demo_clip_path, is_demo_model
+from feederd.capture import describe_source, is_demo_source, open_source
 from feederd.capture.base import FrameSource
 from feederd.classifier import Classifier
 from feederd.config import Settings, load_settings, writable_dir
@@ -64,8 +64,13 @@ class Daemon:
     """Owns every stage; ``run()`` returns the process exit code."""
 
     def __init__(self, settings: Settings, *, alert_stream: IO[str] | None = None,
-                 visits_to_stream: bool = False, config_path: Path | None = None) -> None:
+                 visits_to_stream: bool = False, config_path: Path | None = None,
+                 alert_sink: Any = None) -> None:
         self.settings = settings
+        self._alert_sink = alert_sink  # the demo's own JsonLinesSink, instead of alert_stream
+        # The demo clip and model are news only where nobody asked for them (not `demo`).
+        demo = alert_sink is not None or alert_stream is not None
+        self._demo_level = logging.INFO if demo else logging.WARNING
         self._alert_stream = alert_stream
         self._visits_to_stream = visits_to_stream
         self._config_path = config_path
@@ -87,6 +92,10 @@ class Daemon:
         self._model_target = model_store_for(self.settings).current_target()
         logger.info("model %s (%d labels) from %s", self.classifier.bundle.version,
                     len(self.classifier.bundle.labels), path)
+        if is_demo_model(path):
+            logger.log(self._demo_level, "model: the bundled demo model knows cartoon birds "
+                       "only, not real ones; install a real model (`feederd model install "
+                       "FILE`) or set classifier.model")
 
     def _load_classifier(self, path: Path) -> Classifier:
         visits = self.settings.visits
@@ -117,7 +126,9 @@ class Daemon:
 
     def _init_events(self) -> None:
         handlers: list[Any] = [self.collector]
-        if self._alert_stream is not None:
+        if self._alert_sink is not None:
+            handlers.append(self._alert_sink)
+        elif self._alert_stream is not None:
             handlers.append(JsonLinesSink(self._alert_stream, self._visits_to_stream))
         if self._mqtt is not None:
             m = self.settings.mqtt
@@ -135,6 +146,11 @@ class Daemon:
     def _init_source(self) -> None:
         demo = demo_clip_path() if self.settings.camera.source == "demo" else None
         self._source = open_source(self.settings.camera, self.settings.motion.height, demo)
+        if is_demo_source(self.settings.camera):
+            logger.log(self._demo_level, "camera: replaying %s; set [camera] source (and "
+                       "kind) for a real camera", describe_source(self.settings.camera))
+        else:
+            logger.info("camera: %s", describe_source(self.settings.camera))
 
     def _init_jobs(self) -> None:
         self._jobs = Jobs(self.settings.jobs, self)

@@ -36,10 +36,14 @@ CAMERA_WAIT_S = 5.0
 
 @dataclass(frozen=True)
 class Check:
+    """One part's state. ``warn``: it works, but not as a feeder should (the demo clip or
+    model); shown as ``warn`` with its fix, without failing the doctor's exit code."""
+
     name: str
     ok: bool
     detail: str
     fix: str = ""
+    warn: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -62,9 +66,13 @@ def check_camera(settings: Settings) -> Check:
         return Check("camera", False, str(exc), "check [camera] source and kind; on a Pi run "
                      "`rpicam-hello --list-cameras`")
     try:
-        return _first_frame(source, cam.kind, _redact(cam.source))
+        found = _first_frame(source, cam.kind, _redact(cam.source))
     finally:
         source.close()
+    if found.ok and demo is not None:
+        return Check("camera", True, f"{found.detail}: the bundled demo clip, not a camera",
+                     "set [camera] source (and kind) to the feeder's camera", warn=True)
+    return found
 
 
 def _redact(source: str) -> str:
@@ -124,6 +132,7 @@ def _camera_fix(kind: str, source: str) -> str:
 # --- model --------------------------------------------------------------------------------------
 
 def check_model(settings: Settings) -> Check:
+    from feederd.assets import is_demo_model
     from feederd.classifier import validate_bundle
     from feederd.daemon import model_store_for, resolve_model_path
 
@@ -139,7 +148,12 @@ def check_model(settings: Settings) -> Check:
         bundle = validate_bundle(path)
     except FeederError as exc:
         return Check("model", False, str(exc), fix)
-    return Check("model", True, f"{bundle.version}: {len(bundle.labels)} labels ({path})")
+    detail = f"{bundle.version}: {len(bundle.labels)} labels ({path})"
+    if is_demo_model(path):
+        return Check("model", True, f"{detail}: the demo model knows cartoon birds only",
+                     "install a real model: `feederd model install FILE` (or feeder-sync "
+                     "push), or set classifier.model", warn=True)
+    return Check("model", True, detail)
 
 
 # --- broker -------------------------------------------------------------------------------------
@@ -336,7 +350,8 @@ def render(results: list[Check]) -> str:
     width = max(len(r.name) for r in results)
     lines = []
     for r in results:
-        lines.append(f"{'ok' if r.ok else 'FAIL':<4}  {r.name:<{width}}  {r.detail}")
-        if not r.ok and r.fix:
+        status = "FAIL" if not r.ok else "warn" if r.warn else "ok"
+        lines.append(f"{status:<4}  {r.name:<{width}}  {r.detail}")
+        if (not r.ok or r.warn) and r.fix:
             lines.append(f"{'':<4}  {'':<{width}}  fix: {r.fix}")
     return "\n".join(lines)

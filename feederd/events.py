@@ -108,7 +108,10 @@ class JsonLinesSink:
         return None
 
     def on_alert(self, alert: Alert) -> None:
-        self._write({"type": "alert", **alert_payload(alert)})
+        self.write_alert(alert, {})
+
+    def write_alert(self, alert: Alert, extra: dict[str, Any]) -> None:
+        self._write({"type": "alert", **alert_payload(alert), **extra})
 
     def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
         if self._visits:

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from brokers import Probe, wait_until
@@ -34,24 +35,52 @@ def base_config(tmp_path: Path, **sections: dict) -> dict:
     return config
 
 
+@pytest.fixture(scope="class")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    """Two ``feederd demo`` runs with the same home: (home, [first, second])."""
+    home = tmp_path_factory.mktemp("home")
+    env = {**os.environ, "HOME": str(home), "XDG_STATE_HOME": str(home / "xdg")}
+    runs = [subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=120,
+                           env=env, cwd=home) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    return home, runs
+
+
+def json_lines(run: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in run.stdout.splitlines()]
+
+
 class TestDemo:
-    def test_the_demo_prints_one_json_line_per_alert_and_exits_0(self, tmp_path):
-        env = {**os.environ, "HOME": str(tmp_path)}
-        result = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=120,
-                                env=env, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        alerts = [json.loads(line) for line in result.stdout.splitlines()]
-        assert len(alerts) >= 3
+    def test_the_demo_prints_one_json_line_per_alert_and_exits_0(self, demo_runs):
+        lines = json_lines(demo_runs[1][0])
+        alerts = [line for line in lines if line["type"] == "alert"]
+        assert len(alerts) >= 3 and len(alerts) == len(lines) - 1
         for alert in alerts:
             assert {"event_id", "time", "label", "confidence", "margin", "frames",
-                    "model_version"} <= alert.keys()
+                    "model_version", "truth", "correct"} <= alert.keys()
         assert {a["label"] for a in alerts} >= {"blue_jay", "goldfinch"}
         assert len({a["event_id"] for a in alerts}) == len(alerts)
 
-    def test_the_demo_leaves_no_state_behind(self, tmp_path):
-        env = {**os.environ, "TMPDIR": str(tmp_path)}
-        subprocess.run([*CLI, "demo"], capture_output=True, timeout=120, env=env, check=True)
-        assert list(tmp_path.iterdir()) == []
+    def test_the_squirrel_alert_is_marked_wrong_and_the_birds_right(self, demo_runs):
+        alerts = [a for a in json_lines(demo_runs[1][0]) if a["type"] == "alert"]
+        assert [a["truth"] for a in alerts if not a["correct"]] == ["squirrel"]
+        assert all(a["truth"] == a["label"] for a in alerts if a["truth"] != "squirrel")
+
+    def test_the_last_line_counts_the_mined_samples_kept_in_a_visible_spool(self, demo_runs):
+        home, runs = demo_runs
+        last = json_lines(runs[1])[-1]
+        spool = home / "xdg" / "feederd-demo" / "spool"
+        assert last["type"] == "summary" and last["spool"] == str(spool)
+        stats = subprocess.run([*CLI, "spool", "stats", "--json"], capture_output=True,
+                               text=True, timeout=60, check=True,
+                               env={**os.environ, "FEEDERD_STATE_DIR": str(spool.parent)})
+        assert last["mined_samples"] == json.loads(stats.stdout)["samples"] > 0
+        assert f"{last['mined_samples']} samples mined" in runs[1].stderr.splitlines()[-1]
+
+    def test_a_second_demo_starts_from_an_empty_demo_folder(self, demo_runs):
+        first, second = (json_lines(run)[-1] for run in demo_runs[1])
+        assert second["mined_samples"] == first["mined_samples"]
 
 
 class TestStartupErrors:

@@ -248,6 +248,7 @@ install_feederd() {
     --constraint "$(r "$PREFIX/constraints.txt")" "${PIP_OPTS[@]}" "$spec"
   run install -d -m 0755 "$(r "$PREFIX/docs")"
   run install -m 0644 "$CHECKOUT/docs/raspberry-pi.md" "$(r "$PREFIX/docs/raspberry-pi.md")"
+  run install -m 0644 "$CHECKOUT/docs/feederd.example.toml" "$(r "$PREFIX/docs/feederd.example.toml")"
   if [ -L "$(r "$BIN_LINK")" ] || [ ! -e "$(r "$BIN_LINK")" ]; then
     run install -d -m 0755 "$(r "$(dirname "$BIN_LINK")")"
     run ln -sfn "$VENV/bin/feederd" "$(r "$BIN_LINK")"
@@ -257,20 +258,28 @@ install_feederd() {
 }
 
 default_config() {
-  local kind=auto
-  [ "$PI_EXTRA" = yes ] && kind=picamera2
+  # Never the demo clip: a feeder that silently replays cartoons looks like it works.
+  local camera
+  if [ "$PI_EXTRA" = yes ]; then
+    camera='kind = "picamera2"         # the Pi camera module on the CSI connector
+# For a USB webcam instead: kind = "opencv" and source = "0" (its index, /dev/video0).'
+  else
+    camera='kind = "opencv"            # no picamera2 here: a USB webcam or a network camera
+source = "0"               # /dev/video0; or "rtsp://user@host/stream", a video file, a folder'
+  fi
   cat <<EOF
 # feederd configuration, written by tools/install-pi.sh (it never overwrites this file).
 # Every key has a default; unknown keys are errors. Check a change with
 #   sudo -u feederd feederd check-config --config $CONFIG
 # then apply it with: sudo systemctl reload feederd
 # The MQTT password does not belong here: put it in $CONF_DIR/mqtt_password (mode 0600).
+# Every key, with its default: $PREFIX/docs/feederd.example.toml
 
 state_dir = "/var/lib/feederd"
 
 [camera]
-kind = "$kind"
-# source = "0"          # camera number, USB device index or rtsp:// URL
+$camera
+# source = "demo" replays the bundled cartoon clip through the demo model: a test, not a feeder.
 # width = 1280
 # height = 720
 

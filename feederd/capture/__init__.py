@@ -16,7 +16,7 @@ from pathlib import Path
 
 from feederd.capture.base import FrameSource
 from feederd.capture.folder import FolderSource
-from feederd.capture.opencv import OpenCVFileSource, OpenCVStreamSource
+from feederd.capture.opencv import OpenCVFileSource, OpenCVStreamSource, _redact
 from feederd.capture.picamera import PiCameraSource, build_picamera_config
 from feederd.config import CameraConfig
 from feederd.errors import CameraError
@@ -28,6 +28,8 @@ __all__ = [
     "OpenCVStreamSource",
     "PiCameraSource",
     "build_picamera_config",
+    "describe_source",
+    "is_demo_source",
     "open_source",
 ]
 
@@ -63,6 +65,23 @@ def open_source(cfg: CameraConfig, motion_height: int,
         f"camera.source = {source!r}: no such file or folder. Give 'demo', a device index "
         "('0'), an rtsp:// or http:// URL, a video file, an image folder, or 'picamera2'"
     )
+
+
+def is_demo_source(cfg: CameraConfig) -> bool:
+    """The bundled cartoon clip, not a camera (the default when nothing is configured)."""
+    return cfg.kind == "demo" or (cfg.kind == "auto" and cfg.source.strip() == "demo")
+
+
+def describe_source(cfg: CameraConfig) -> str:
+    """What a log line or the doctor should say is being read (passwords hidden)."""
+    if is_demo_source(cfg):
+        return "the bundled demo clip (cartoon birds, not a camera)"
+    if cfg.kind == "picamera2" or cfg.source.strip() == "picamera2":
+        return "the Pi camera (picamera2)"
+    source = cfg.source.strip()
+    if source.isdigit():
+        return f"USB camera {source} (/dev/video{source})"
+    return f"{cfg.kind} {_redact(source)}"
 
 
 def _check_permission(source: str) -> None:

@@ -23,6 +23,7 @@ from feederd.errors import (
 from feederd.sync.workspace import (
     SyncConfig,
     Workspace,
+    config_target,
     device_config,
     load_config,
     pick_device,
@@ -85,6 +86,8 @@ def cmd_init(ctx: Context) -> int:
     from feederd.sync.train import init_workspace
 
     args = ctx.args
+    if (done := _init_device_only(ctx)) is not None:
+        return done
     with ctx.workspace.lock():
         result = init_workspace(ctx.workspace, ctx.config.training, backbone=Path(args.backbone),
                                 embedding_output=args.embedding_output,
@@ -99,8 +102,48 @@ def cmd_init(ctx: Context) -> int:
         f"baseline {d['version']} for device '{ctx.device}': {d['file']}\n"
         f"trained on {d['trained_on']}\n"
         f"held-out mean species recall {d['metrics'].get('mean_species_recall')}\n"
-        f"report: {d['report']}\nnext: 'feeder-sync push' installs it on the device"))
+        f"report: {d['report']}\nnext: " + (
+            "'feeder-sync push' installs it on the device" if ctx.device in ctx.config.devices
+            else "say how to reach the device, `feeder-sync init --device "
+            f"{ctx.device} --host USER@HOST` (or --local STATE_DIR), then 'feeder-sync push'")))
     return EXIT_OK
+
+
+BASELINE_FLAGS = ("backbone", "embedding_output", "preprocess", "data")
+
+
+def _init_device_only(ctx: Context) -> int | None:
+    """``init --host/--local`` without the baseline flags: only the device entry was wanted.
+    Returns the exit code then, ``None`` when a baseline is to be built."""
+    args = ctx.args
+    missing = [f"--{flag.replace('_', '-')}" for flag in BASELINE_FLAGS
+               if getattr(args, flag) is None]
+    if not missing:
+        return None
+    if len(missing) < len(BASELINE_FLAGS) or not (args.host or args.local):
+        raise ConfigError(f"init needs {', '.join(missing)} to build the first model "
+                          "(or only --host/--local to add the device)")
+    device = device_config(ctx.config, ctx.device)
+    ctx.emit({"device": ctx.device, "config": str(ctx.config_path),
+              **device.model_dump(include={"transport", "host", "path"})}, lambda d: (
+        f"device '{d['device']}' ({d['transport']} {d.get('host') or d.get('path')}) is in "
+        f"{d['config']}\nnext: 'feeder-sync init --backbone ... --data ...' builds its first "
+        "model, or 'feeder-sync pull' if it has one"))
+    return EXIT_OK
+
+
+def add_device_entry(args: argparse.Namespace) -> None:
+    """``init --host/--local``: write ``[devices.NAME]`` before the config is loaded."""
+    from feederd.sync.devices import add_device, device_entry
+
+    entry = device_entry(host=args.host, local=args.local,
+                         feederd_config=args.feederd_config)
+    path = config_target(Path(args.config) if args.config else None)
+    added = add_device(path, args.device or "feeder", entry)
+    if not args.device:
+        args.device = "feeder"
+    logger.info("%s [devices.%s] in %s", "added" if added else "found the same",
+                args.device, path)
 
 
 def cmd_pull(ctx: Context) -> int:
@@ -254,13 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     init = add("init", cmd_init, "build a first model from a backbone ONNX and an image "
                "folder (<label>/*.jpg)")
-    init.add_argument("--backbone", required=True, metavar="FILE.onnx",
+    init.add_argument("--backbone", metavar="FILE.onnx",
                       help="any ImageNet feature extractor")
-    init.add_argument("--embedding-output", required=True, metavar="NAME",
+    init.add_argument("--embedding-output", metavar="NAME",
                       help="tensor to pool into the embedding, e.g. fire9/concat_1")
-    init.add_argument("--preprocess", required=True, choices=["caffe", "rgb"],
+    init.add_argument("--preprocess", choices=["caffe", "rgb"],
                       help="caffe: BGR 0-255 minus means; rgb: torchvision mean/std")
-    init.add_argument("--data", required=True, metavar="DIR", help="one folder per label")
+    init.add_argument("--data", metavar="DIR", help="one folder per label")
+    reach = init.add_mutually_exclusive_group()
+    reach.add_argument("--host", metavar="USER@HOST", help="write [devices.NAME] to the "
+                       "config: reach the feeder over ssh (default name: feeder)")
+    reach.add_argument("--local", metavar="STATE_DIR", help="write [devices.NAME]: a feederd "
+                       "on this machine with this state folder")
+    init.add_argument("--feederd-config", metavar="FILE",
+                      help="with --host/--local: the feederd config on the device")
     init.add_argument("--negative-labels", nargs="+", metavar="LABEL",
                       help="labels that mean 'nothing of interest' (e.g. other)")
     init.add_argument("--holdout", type=float, metavar="SHARE",
@@ -313,6 +363,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
     try:
+        if getattr(args, "host", None) or getattr(args, "local", None):
+            add_device_entry(args)
         return int(args.func(Context(args)))
     except (Exception, KeyboardInterrupt) as exc:  # one mapping for both CLIs: feederd.errors
         return cli_failure("feeder-sync", args.command, exc)

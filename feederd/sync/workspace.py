@@ -149,7 +149,7 @@ class SyncConfig(_Strict):
 def load_config(path: Path | None = None) -> tuple[SyncConfig, Path]:
     """The config from ``path``, else $FEEDER_SYNC_CONFIG, else the default file (if any)."""
     explicit = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
-    target = (explicit or default_config_path()).expanduser()
+    target = config_target(explicit)
     data: dict[str, Any] = {}
     if target.exists() or explicit is not None:
         data = _read_toml(target)
@@ -161,6 +161,12 @@ def load_config(path: Path | None = None) -> tuple[SyncConfig, Path]:
                           problems) from exc
     config.workspace = config.workspace.expanduser()
     return config, target
+
+
+def config_target(path: Path | None = None) -> Path:
+    """The config file ``load_config`` reads: ``path``, $FEEDER_SYNC_CONFIG or the default."""
+    explicit = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    return (explicit or default_config_path()).expanduser()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
