@@ -113,12 +113,25 @@ class TestAGoodSetup:
         report = feeder.doctor()
         assert list(report.checks) == [*CONTROLLED, *HOST]
         assert report.failing() == set(), report.checks
-        assert all(not c["fix"] for c in report.checks.values() if c["ok"])
+        assert all(not c["fix"] for c in report.checks.values() if c["ok"] and not c["warn"])
         # Clock, temperature and throttling describe the machine the tests run on; where one
         # of them fails, it must still say how to fix it, and the exit code must follow it.
         host_failures = report.failing(HOST)
         assert all(report.checks[name]["fix"] for name in host_failures)
         assert report.returncode == (1 if host_failures else 0), report.checks
+
+    def test_the_demo_clip_passes_with_a_warning_and_a_fix(self, feeder: Feeder) -> None:
+        camera = feeder.doctor().checks["camera"]
+        assert camera["ok"] and camera["warn"] and "[camera] source" in camera["fix"]
+        assert "demo clip" in camera["detail"]
+
+    def test_the_demo_model_passes_with_a_warning_and_the_real_one_without(
+            self, feeder: Feeder) -> None:
+        assert not feeder.doctor().checks["model"]["warn"]  # run's default: AIY Birds V1
+        demo = feeder.config(classifier={"model": str(demo_model_path())})
+        model = feeder.doctor(demo).checks["model"]
+        assert model["ok"] and model["warn"] and "cartoon" in model["detail"]
+        assert "feederd model install" in model["fix"]
 
     def test_each_check_says_what_it_found(self, feeder: Feeder) -> None:
         checks = feeder.doctor().checks
@@ -128,10 +141,10 @@ class TestAGoodSetup:
         assert "MiB free" in checks["disk"]["detail"]
         assert "no spool yet" in checks["spool"]["detail"]
 
-    def test_the_json_lists_name_ok_detail_and_fix(self, feeder: Feeder) -> None:
+    def test_the_json_lists_name_ok_detail_fix_and_warn(self, feeder: Feeder) -> None:
         for check in feeder.doctor().checks.values():
-            assert set(check) == {"name", "ok", "detail", "fix"}
-            assert isinstance(check["ok"], bool)
+            assert set(check) == {"name", "ok", "detail", "fix", "warn"}
+            assert isinstance(check["ok"], bool) and isinstance(check["warn"], bool)
 
     def test_the_table_is_for_people(self, feeder: Feeder) -> None:
         out = feeder.doctor(json_output=False).stdout

@@ -39,15 +39,15 @@ def wait_for(what: str, condition: object, timeout: float, every: float = 1.0) -
 class Machine:
     """A Debian root unpacked from ``tarball``, booted with real systemd as PID 1."""
 
-    def __init__(self, tarball: Path, name: str, workdir: Path, pip_cache: Path) -> None:
+    def __init__(self, tarball: Path, name: str, workdir: Path, wheels: Path) -> None:
         self.name = name
         self.root = workdir / "root"
         self.log = workdir / "nspawn.log"
         self.root.mkdir(parents=True)
         # tar(1), not tarfile: device nodes, owners and hard links exactly as debootstrap made
         subprocess.run(["tar", "-C", str(self.root), "-xf", str(tarball)], check=True)
-        pip_cache.mkdir(parents=True, exist_ok=True)
-        self._pip_cache = pip_cache
+        wheels.mkdir(parents=True, exist_ok=True)
+        self._wheels = wheels
         self._proc: subprocess.Popen[bytes] | None = None
         self.leader = 0
 
@@ -66,7 +66,7 @@ class Machine:
         command = ["systemd-nspawn", "--quiet", "-D", str(self.root), "-M", self.name, "-b",
                    "--register=no", "--keep-unit", "--console=passive",
                    f"--bind-ro={HOST_CA}:/etc/host-ca.crt",
-                   f"--bind={self._pip_cache}:/root/.cache/pip"]
+                   f"--bind={self._wheels}:/root/wheels"]
         with self.log.open("wb") as log:
             self._proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True)

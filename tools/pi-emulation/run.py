@@ -43,6 +43,7 @@ REPO = HERE.parent.parent
 CACHE = Path(os.environ.get("FEEDERD_PI_ROOTS", "/var/cache/feederd-pi-roots"))
 SUITES = ("bookworm", "trixie")
 SRC = "/root/feederd"
+WHEELS = "/root/wheels"
 CONFIG = "/etc/feederd/feederd.toml"
 AS_FEEDERD = f"runuser -u feederd -- /usr/local/bin/feederd --config {CONFIG}"
 # Folders an install touches; after --uninstall --purge they must hold what they held before.
@@ -122,13 +123,31 @@ class Suite:
 
     def install(self) -> str:
         self.before = self.listing()
-        out = self.machine.run(f"bash {SRC}/tools/install-pi.sh --no-apt --no-pi --no-start",
-                               env={"PIP_CERT": "/etc/host-ca.crt",
-                                    "PIP_CACHE_DIR": "/root/.cache/pip"}, timeout=1200)
+        command = f"bash {SRC}/tools/install-pi.sh --no-apt --no-pi --no-start"
+        env = {"PIP_CERT": "/etc/host-ca.crt"}
+        offline = f" --pip-option=--no-index --pip-option=--find-links={WHEELS}"
+        cached = self.machine.run(f"test -f {WHEELS}/complete", check=False).returncode == 0
+        out = self.machine.run(command + offline, env=env, check=False, timeout=1200) \
+            if cached else None
+        if out is None or out.returncode != 0:  # no cache yet, or the dependencies changed
+            cached = False
+            out = self.machine.run(command, env=env, timeout=1200)
+            self.fill_wheel_cache(env)
         version = self.machine.run("/opt/feederd/venv/bin/python -c 'import numpy, sys; "
                                    "print(sys.version.split()[0], numpy.__version__)'")
         python, numpy = version.stdout.split()
-        return f"Python {python}, numpy {numpy}; {out.stderr.strip().splitlines()[-1]}"
+        return (f"Python {python}, numpy {numpy}, "
+                f"{'wheels from the cache' if cached else 'wheels from PyPI'}; "
+                f"{out.stderr.strip().splitlines()[-1]}")
+
+    def fill_wheel_cache(self, env: dict[str, str]) -> None:
+        """Keep the wheels pip fetched (PyPI's proxy here sends no-store: pip's own cache stays
+        empty), so the next run installs offline from the same files."""
+        pip = "/opt/feederd/venv/bin/python -m pip"
+        self.machine.run(f"rm -rf {WHEELS}/* && {pip} download -q -d {WHEELS} -c "
+                         f"/opt/feederd/constraints.txt {SRC} 'setuptools>=68' wheel && "
+                         f"rm -f {WHEELS}/feederd-* && touch {WHEELS}/complete", env=env,
+                         check=False, timeout=1200)
 
     def default_config(self) -> str:
         text = (self.machine.root / CONFIG.lstrip("/")).read_text()
@@ -139,11 +158,15 @@ class Suite:
         return f"[camera] {camera}; check-config passes"
 
     def configure(self) -> None:
-        """The clip, in a loop, to the host's broker; owner and mode as the installer left."""
+        """The clip and the cartoon model it was made for, in a loop, to the host's broker;
+        owner and mode as the installer left them."""
+        model = self.machine.run("/opt/feederd/venv/bin/python -c 'from feederd.assets import "
+                                 "demo_model_path; print(demo_model_path())'").stdout.strip()
         path = self.machine.root / CONFIG.lstrip("/")
         stat = path.stat()
         path.write_text('state_dir = "/var/lib/feederd"\n[camera]\nsource = "demo"\n'
-                        f'loop = true\n[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
+                        f'loop = true\n[classifier]\nmodel = "{model}"\n[mqtt]\n'
+                        f'host = "127.0.0.1"\nport = {self.broker.port}\n'
                         'device_id = "pi-emulation"\n')
         os.chown(path, stat.st_uid, stat.st_gid)
         path.chmod(stat.st_mode & 0o7777)
@@ -227,7 +250,7 @@ def run_suite(suite: str, keep: bool) -> dict[str, Any]:
     with scratch(f"feederd-pi-{suite}-", keep) as work:
         broker = Broker(work)
         start = time.monotonic()
-        machine = Machine(tarball, f"pi-{suite}", work, CACHE / f"pip-{suite}")
+        machine = Machine(tarball, f"pi-{suite}", work, CACHE / f"wheels-{suite}")
         machine.copy_checkout(REPO, SRC)
         unpacked = time.monotonic() - start
         suite_ = Suite(suite, machine, broker)
