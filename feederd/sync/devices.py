@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from feederd.atomic import write_bytes
 from feederd.errors import ConfigError
-from feederd.sync.workspace import DeviceConfig, SyncConfig, atomic_write_bytes, load_config
+from feederd.sync.workspace import DeviceConfig, SyncConfig, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,6 @@ def add_device(config_path: Path, name: str, entry: dict[str, Any]) -> bool:
         raise ConfigError(f"{config_path}: adding [devices.{name}] would make it invalid: "
                           f"{exc}") from exc
     config_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(config_path, new.encode())
+    write_bytes(config_path, new.encode())
     logger.info("added [devices.%s] to %s", name, config_path)
     return True
