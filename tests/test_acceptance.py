@@ -138,7 +138,8 @@ def test_rejected_squirrels_retrain_the_model_and_cut_false_alerts(
     sync_config = tmp_path / "sync.toml"
     sync_config.write_text(
         f'workspace = "{tmp_path / "workspace"}"\n[devices.{DEVICE}]\ntransport = "local"\n'
-        f'feederd = "{FEEDERD}"\nfeederd_config = "{daemon_config}"\n')
+        f'feederd = "{FEEDERD}"\nfeederd_config = "{daemon_config}"\n'
+        '[training.view]\ncrop = "full"\nwidth = 640\nheight = 480\nfill = 0.95\n')
     data = link_birds(shared_data, tmp_path / "birds")
     run_sync(sync_config, "init", "--backbone",
              str(shared_data / "models/squeezenet1.1/squeezenet1.1-fp32.onnx"),

@@ -174,9 +174,19 @@ class FolderSource:
         frame = self._background.copy()
         if step.picture is None:
             return frame
-        height, width = step.picture.shape[:2]
-        dx, dy = step.offset
-        x0 = min(max(0, (self._cfg.width - width) // 2 + dx), self._cfg.width - width)
-        y0 = min(max(0, (self._cfg.height - height) // 2 + dy), self._cfg.height - height)
-        frame[y0:y0 + height, x0:x0 + width] = step.picture
-        return frame
+        return place(frame, step.picture, step.offset)
+
+
+def place(frame: np.ndarray, picture: np.ndarray, offset: tuple[int, int] = (0, 0)
+          ) -> np.ndarray:
+    """Paste ``picture`` centred on ``frame`` (in place), shifted by ``offset``, kept inside.
+
+    feeder-sync renders base photos as device frames with it (see ``feederd.sync.domain``).
+    """
+    height, width = picture.shape[:2]
+    frame_h, frame_w = frame.shape[:2]
+    dx, dy = offset
+    x0 = min(max(0, (frame_w - width) // 2 + dx), frame_w - width)
+    y0 = min(max(0, (frame_h - height) // 2 + dy), frame_h - height)
+    frame[y0:y0 + height, x0:x0 + width] = picture
+    return frame

@@ -86,6 +86,15 @@ def cmd_init(ctx: Context) -> int:
     from feederd.sync.train import init_workspace
 
     args = ctx.args
+    if args.from_bundle:
+        from feederd.sync.frombundle import init_from_bundle
+
+        with ctx.workspace.lock():
+            result = init_from_bundle(ctx.workspace, ctx.config.training, Path(args.from_bundle))
+        ctx.emit(result.as_dict(), lambda d: (
+            f"baseline {d['version']} for device '{ctx.device}': the shipped bundle "
+            f"{d['file']}\nnext: 'feeder-sync loop' once the owner has rejected a few alerts"))
+        return EXIT_OK
     if (done := _init_device_only(ctx)) is not None:
         return done
     with ctx.workspace.lock():
@@ -96,7 +105,8 @@ def cmd_init(ctx: Context) -> int:
                                 holdout=args.holdout, progress=ctx.progress)
     report = evaluate(ctx.workspace, alert_confidence=ctx.alert_confidence(),
                       tolerance=ctx.config.training.tolerance, threads=ctx.config.training.threads,
-                      batch_size=ctx.config.training.batch_size, progress=ctx.progress)
+                      batch_size=ctx.config.training.batch_size, progress=ctx.progress,
+                      view=ctx.config.training.view)
     data = {**result.as_dict(), "report": str(report.path / "report.md")}
     ctx.emit(data, lambda d: (
         f"baseline {d['version']} for device '{ctx.device}': {d['file']}\n"
@@ -122,7 +132,7 @@ def _init_device_only(ctx: Context) -> int | None:
         return None
     if len(missing) < len(BASELINE_FLAGS) or not (args.host or args.local):
         raise ConfigError(f"init needs {', '.join(missing)} to build the first model "
-                          "(or only --host/--local to add the device)")
+                          "(or --from-bundle FILE.onnx; or only --host/--local to add the device)")
     device = device_config(ctx.config, ctx.device)
     ctx.emit({"device": ctx.device, "config": str(ctx.config_path),
               **device.model_dump(include={"transport", "host", "path"})}, lambda d: (
@@ -219,7 +229,8 @@ def cmd_evaluate(ctx: Context) -> int:
                       candidate=ctx.args.candidate, reference=ctx.args.against,
                       negatives_dirs=[Path(d) for d in ctx.args.negatives or []],
                       threads=training.threads, batch_size=training.batch_size,
-                      progress=ctx.progress)
+                      progress=ctx.progress, view=training.view,
+                      weak_after_s=training.weak_positive_after_s)
     ctx.emit(report.as_dict(), lambda _: markdown(report) + f"\nreport: {report.path}")
     return EXIT_OK
 
@@ -296,9 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     init = add("init", cmd_init, "build a first model from a backbone ONNX and an image "
-               "folder (<label>/*.jpg)")
-    init.add_argument("--backbone", metavar="FILE.onnx",
-                      help="any ImageNet feature extractor")
+               "folder (<label>/*.jpg), or start from a shipped bundle (--from-bundle)")
+    init.add_argument("--from-bundle", metavar="FILE.onnx", help="start from this bundle "
+                      "(e.g. models/aiy_birds_v1.onnx): no photo folder needed")
+    init.add_argument("--backbone", metavar="FILE.onnx", help="any ImageNet feature extractor")
     init.add_argument("--embedding-output", metavar="NAME",
                       help="tensor to pool into the embedding, e.g. fire9/concat_1")
     init.add_argument("--preprocess", choices=["caffe", "rgb"],
@@ -314,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--negative-labels", nargs="+", metavar="LABEL",
                       help="labels that mean 'nothing of interest' (e.g. other)")
     init.add_argument("--holdout", type=float, metavar="SHARE",
-                      help="share of each class kept for evaluation (default 0.5)")
+                      help="share of each class kept for evaluation (default 0.2)")
     add("pull", cmd_pull, "copy new spool samples from the device, then acknowledge them")
     review = add("review", cmd_review, "label the pulled samples that need a decision")
     review.add_argument("--list", action="store_true", help="only list what needs review")

@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import cv2
 import numpy as np
 
 from feederd.errors import SyncError
+from feederd.mining.decisions import FALSE_POSITIVE_REASONS
 from feederd.sync.workspace import SampleIndex, Workspace, training_label
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,40 @@ def _mined(workspace: Workspace, index: SampleIndex, use_pseudo: bool) -> list[I
             items.append(Item(workspace.dir / sample["file"], label, "mined",
                               f"sample:{sample['id']}:{sample['sha256'][:16]}", sample))
     return items
+
+
+def device_positives(workspace: Workspace, species: Collection[str], confidence: float,
+                     weak_after_s: float, now: float | None = None) -> list[Item]:
+    """The owner's own positives from the device, for the gate's second recall test.
+
+    Pulled samples whose training label is a species (replied ``correct``, corrected, or so
+    reviewed), plus *weak* positives: frames the device said a species for (at least
+    ``confidence``) that nobody rejected or labelled for ``weak_after_s`` seconds, in visits
+    the owner never answered. Weak items carry ``sample["weak"] = True``.
+    """
+    with contextlib.closing(workspace.index()) as index:
+        samples = index.all()
+    answered = {s["visit_id"] for s in samples if training_label(s) or s.get("review_source")}
+    now = time.time() if now is None else now
+    items = []
+    for sample in samples:
+        label = training_label(sample)
+        if label is None and sample["visit_id"] not in answered and \
+                _weak(sample, species, confidence, now - weak_after_s):
+            label, sample = str(sample["predicted"]), {**sample, "weak": True}
+        if label is not None and label in species:
+            items.append(Item(workspace.dir / sample["file"], label, "mined",
+                              f"sample:{sample['id']}:{sample['sha256'][:16]}", sample))
+    return items
+
+
+def _weak(sample: Mapping[str, Any], species: Collection[str], confidence: float,
+          before: float) -> bool:
+    probs = sample.get("probs") or {}
+    predicted = sample.get("predicted")
+    return (predicted in species and float(sample.get("time") or before + 1) <= before
+            and not FALSE_POSITIVE_REASONS.intersection(sample.get("reasons") or [])
+            and float(probs.get(predicted, 0.0)) >= confidence)
 
 
 # --- the embedder ---------------------------------------------------------------------------
@@ -232,6 +268,11 @@ def _decode(path: Path) -> np.ndarray:
     return image
 
 
+def _load(path: Path, render: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    image = _decode(path)
+    return image if render is None else render(image)
+
+
 Progress = Callable[[int], None]
 
 
@@ -239,11 +280,14 @@ class BundleRunner:
     """Runs one bundle over image files with a cache; decoding overlaps inference.
 
     ``output`` is ``"embedding"`` (backbone features) or ``"probs"``; ``key`` names what the
-    cached vectors are (the embedder's identity, or a bundle's SHA-256).
+    cached vectors are (the embedder's identity, or a bundle's SHA-256). ``render`` turns each
+    decoded image into what the model is shown (a device frame, see
+    :mod:`feederd.sync.domain`); its identity must then be part of ``key``.
     """
 
     def __init__(self, bundle: Path, cache: VectorCache, key: str, output: str = "embedding",
-                 threads: int = 2, batch_size: int = 16) -> None:
+                 threads: int = 2, batch_size: int = 16,
+                 render: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         from feederd.classifier import Classifier
 
         self.classifier = Classifier(bundle, threads)
@@ -253,6 +297,7 @@ class BundleRunner:
         self.key = key
         self.output = output
         self.batch_size = batch_size
+        self.render = render
         self.computed = 0
 
     def vectors(self, paths: Sequence[Path], progress: Progress | None = None
@@ -275,7 +320,7 @@ class BundleRunner:
                  ) -> Iterator[dict[str, np.ndarray]]:
         batches = [missing[i:i + self.batch_size]
                    for i in range(0, len(missing), self.batch_size)]
-        for batch, images in zip(batches, _prefetch(batches), strict=True):
+        for batch, images in zip(batches, _prefetch(batches, self.render), strict=True):
             probs, embedding = self.classifier.classify_batch(images, len(images))
             out = embedding if self.output == "embedding" else probs
             assert out is not None  # checked in __init__
@@ -285,8 +330,10 @@ class BundleRunner:
             yield {sha: out[i] for i, (sha, _) in enumerate(batch)}
 
 
-def _prefetch(batches: Sequence[Sequence[tuple[str, Path]]]) -> Iterator[list[np.ndarray]]:
-    """Decoded batches, decoding up to PREFETCH_BATCHES ahead in worker threads
+def _prefetch(batches: Sequence[Sequence[tuple[str, Path]]],
+              render: Callable[[np.ndarray], np.ndarray] | None = None
+              ) -> Iterator[list[np.ndarray]]:
+    """Decoded (and rendered) batches, up to PREFETCH_BATCHES ahead in worker threads
     (cv2 releases the GIL, so JPEG decoding overlaps onnxruntime's inference)."""
     if not batches:
         return
@@ -295,7 +342,7 @@ def _prefetch(batches: Sequence[Sequence[tuple[str, Path]]]) -> Iterator[list[np
         for index in range(len(batches)):
             while len(pending) <= PREFETCH_BATCHES and index + len(pending) < len(batches):
                 nxt = batches[index + len(pending)]
-                pending.append([pool.submit(_decode, path) for _, path in nxt])
+                pending.append([pool.submit(_load, path, render) for _, path in nxt])
             current = pending.pop(0)
             yield [future.result() for future in current]
 

@@ -1,9 +1,13 @@
 """``feeder-sync evaluate``: the candidate against the deployed model, and the promotion gate.
 
-Two test sets, both unseen by the models compared:
+Three test sets, all unseen by the models compared:
 
-- the held-out split of the base dataset (the same split ``init`` and ``train`` use): a
-  confusion matrix (table and PNG) and per-class recall;
+- the held-out split of the base dataset (the same split ``init`` and ``train`` use), each
+  photo rendered as the device sees it (see :mod:`feederd.sync.domain`): a confusion matrix
+  (table and PNG) and per-class recall;
+- the owner's own positives from the device (:func:`feederd.sync.dataset.device_positives`:
+  replied ``correct``, corrected, and weak positives, unrejected alerts older than
+  ``weak_positive_after_s``): per-species recall, graded out-of-fold for the candidate;
 - field negatives: pulled samples the owner labelled as nothing of interest (``rejected``
   frames of false alerts), minus any the deployed model trained on, plus image folders given
   with ``--negatives``. The candidate's answers on the samples it trained on come from its
@@ -12,7 +16,8 @@ Two test sets, both unseen by the models compared:
 A *false alert* is a prediction of a label outside the model's ``negative_labels`` whose
 probability reaches the device's ``visits.min_confidence`` (``alert_confidence`` in the
 device's feeder-sync config). The gate promotes the candidate only if its false alerts on the
-field negatives go down and no species' recall falls by more than ``tolerance``.
+field negatives go down and no species' recall falls by more than ``tolerance`` on either
+the held-out device frames or the device's own positives.
 """
 
 from __future__ import annotations
@@ -34,15 +39,18 @@ from feederd.sync.dataset import (
     BundleRunner,
     Item,
     VectorCache,
+    device_positives,
     mined_items,
     progress_bar,
     scan_folder,
     scan_images,
     split,
 )
+from feederd.sync.domain import embedders, renderer, view_key
+from feederd.sync.gate import gate
 from feederd.sync.plots import PAIR_PNG, confusion_pair_png, confusion_png
 from feederd.sync.train import Head, head_path
-from feederd.sync.workspace import Workspace, safe_name
+from feederd.sync.workspace import TrainingConfig, ViewConfig, Workspace, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +72,9 @@ class Score:
     alerts_by_label: dict[str, int] = field(default_factory=dict)
     # the pulled samples behind the false alerts on field negatives (id, sha256, said, prob)
     alert_samples: list[dict[str, Any]] = field(default_factory=list)
+    device_confusion: dict[str, dict[str, int]] = field(default_factory=dict)
+    device_recall: dict[str, float] = field(default_factory=dict)
+    device_weak: int = 0  # how many device positives are weak (alerts nobody rejected)
 
     @property
     def species(self) -> list[str]:
@@ -93,7 +104,11 @@ class Score:
                 "field": {"samples": self.field_total, "false_alerts": self.field_alerts},
                 "extra": {"samples": self.extra_total, "false_alerts": self.extra_alerts},
                 "false_alerts_by_label": self.alerts_by_label, "confusion": self.confusion,
-                "false_alert_samples": self.alert_samples}
+                "false_alert_samples": self.alert_samples,
+                "device": {"samples": sum(sum(r.values()) for r in
+                                          self.device_confusion.values()),
+                           "weak": self.device_weak, "recall": _rounded(self.device_recall),
+                           "confusion": self.device_confusion}}
 
 
 @dataclass
@@ -124,16 +139,31 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
 
 @dataclass
 class _Sets:
-    holdout: list[Item]
-    field: list[Item]
-    extra: list[Item]
+    holdout: list[Item]  # base photos: rendered as device frames
+    field: list[Item]  # pulled negatives: device frames already
+    extra: list[Item]  # photos that must not alert: rendered
+    device: list[Item]  # pulled positives: device frames
+    view: ViewConfig
+
+    def groups(self) -> list[tuple[list[Item], bool]]:
+        """(items, rendered) in scoring order."""
+        return [(self.holdout, True), (self.field, False), (self.extra, True),
+                (self.device, False)]
 
 
 def evaluate(workspace: Workspace, *, alert_confidence: float, tolerance: float,
              noise_images: int = 1, candidate: str | None = None, reference: str | None = None,
              negatives_dirs: Sequence[Path] = (), threads: int = 2, batch_size: int = 16,
-             progress: bool = False) -> Report:
-    """Score the candidate (and the reference), decide the gate, write the report."""
+             progress: bool = False, view: ViewConfig | None = None,
+             weak_after_s: float | None = None) -> Report:
+    """Score the candidate (and the reference), decide the gate, write the report.
+
+    ``view``: how the device sees a photo (default: the device's defaults); ``weak_after_s``:
+    how old an unrejected alert's frame must be to count as a weak positive.
+    """
+    defaults = TrainingConfig.model_validate({})
+    view = view or defaults.view
+    weak_after_s = defaults.weak_positive_after_s if weak_after_s is None else weak_after_s
     state = workspace.require().load_state()
     cand_version = candidate or state.get("candidate")
     if not cand_version:
@@ -143,6 +173,12 @@ def evaluate(workspace: Workspace, *, alert_confidence: float, tolerance: float,
     ref_bundle = _bundle(workspace, ref_version) if ref_version and ref_version != \
         cand_version else None
     sets = _sets(workspace, state, cand_bundle, ref_bundle, negatives_dirs)
+    sets.view = view
+    species = [n for n in cand_bundle.labels if not cand_bundle.is_negative(n)]
+    seen_by_ref = _trained_shas(workspace, ref_bundle)
+    sets.device = [i for i in device_positives(workspace, species, alert_confidence,
+                                               weak_after_s)
+                   if (i.sample or {}).get("sha256") not in seen_by_ref]
     runner_args = (threads, batch_size, progress)
     cand = _score(workspace, cand_bundle, sets, alert_confidence, runner_args,
                   workspace.load_sidecar(cand_bundle.version).get("oof", {}))
@@ -169,16 +205,24 @@ def _sets(workspace: Workspace, state: dict[str, Any], cand: Bundle, ref: Bundle
     setup = state.get("init") or {}
     if not setup:
         raise SyncError("workspace was never initialised; run 'feeder-sync init' first")
-    _, holdout = split(scan_folder(Path(setup["data"])), float(setup["holdout"]),
-                       int(setup["seed"]))
+    holdout: list[Item] = []
+    if setup.get("data"):  # a workspace started from a shipped bundle has no base photos
+        _, holdout = split(scan_folder(Path(setup["data"])), float(setup["holdout"]),
+                           int(setup["seed"]))
     negatives = set(cand.negative_labels) | (set(ref.negative_labels) if ref else set())
-    seen_by_ref = set(workspace.load_sidecar(ref.version).get("trained_shas", [])) if ref \
-        else set()
+    seen_by_ref = _trained_shas(workspace, ref)
     field_items = [i for i in mined_items(workspace) if i.label in negatives
                    and (i.sample or {}).get("sha256") not in seen_by_ref]
     label = sorted(cand.negative_labels)[0] if cand.negative_labels else "other"
     extra = [item for folder in negatives_dirs for item in scan_images(folder, label)]
-    return _Sets(holdout, field_items, extra)
+    return _Sets(holdout, field_items, extra, [], ViewConfig.model_validate({}))
+
+
+def _trained_shas(workspace: Workspace, bundle: Bundle | None) -> set[str]:
+    """The images a model built here trained on (none for other models)."""
+    if bundle is None:
+        return set()
+    return set(workspace.load_sidecar(bundle.version).get("trained_shas", []))
 
 
 SPOT_CHECK = 16
@@ -188,8 +232,12 @@ SPOT_TOLERANCE = 1e-3
 def _score(workspace: Workspace, bundle: Bundle, sets: _Sets, confidence: float,
            runner_args: tuple[int, int, bool], oof: dict[str, list[float]]) -> Score:
     """Run ``bundle`` over the sets and count what it got right."""
-    items = [*sets.holdout, *sets.field, *sets.extra]
-    probs, shas = _probabilities(workspace, bundle, [i.path for i in items], runner_args)
+    items = [*sets.holdout, *sets.field, *sets.extra, *sets.device]
+    parts = [_probabilities(workspace, bundle, [i.path for i in group],
+                            sets.view if rendered else None, runner_args)
+             for group, rendered in sets.groups()]
+    probs = np.concatenate([p.reshape(-1, len(bundle.labels)) for p, _ in parts])
+    shas = [sha for _, part in parts for sha in part]
     for n, item in enumerate(items):
         if item.source == "mined" and shas[n] in oof:
             probs[n] = np.asarray(oof[shas[n]], np.float32)
@@ -207,23 +255,27 @@ def _score(workspace: Workspace, bundle: Bundle, sets: _Sets, confidence: float,
 
 
 def _probabilities(workspace: Workspace, bundle: Bundle, paths: list[Path],
-                   runner_args: tuple[int, int, bool]) -> tuple[np.ndarray, list[str]]:
-    """The bundle's probabilities for ``paths`` (cached by image hash).
+                   view: ViewConfig | None, runner_args: tuple[int, int, bool]
+                   ) -> tuple[np.ndarray, list[str]]:
+    """The bundle's probabilities for ``paths`` (cached by image hash), each image rendered
+    as the device sees it when ``view`` is given.
 
     A bundle built here has its head saved beside it: its answers are the head applied to the
     cached backbone embeddings, checked against the real bundle on a few images (so a broken
     export cannot hide). Any other bundle runs in full.
     """
     threads, batch_size, progress = runner_args
+    if not paths:
+        return np.zeros((0, len(bundle.labels)), np.float32), []
     head = Head.load(head_path(workspace, bundle.version))
     setup = workspace.load_state().get("init") or {}
+    view = view or ViewConfig(domain="photo")
     cache = VectorCache(workspace.cache_path)
     try:
-        full = BundleRunner(bundle.path, cache, f"probs:{bundle.sha256}", "probs", threads,
-                            batch_size)
+        full = BundleRunner(bundle.path, cache, f"probs:{bundle.sha256}{view_key(view)}",
+                            "probs", threads, batch_size, renderer(view))
         if head is not None and list(head.labels) == list(bundle.labels) and setup:
-            embedder = BundleRunner(workspace.dir / setup["embedder"], cache,
-                                    setup["embedder_key"], "embedding", threads, batch_size)
+            embedder, _ = embedders(workspace, setup, view, cache, threads, batch_size)
             with progress_bar(len(paths), f"evaluate {bundle.version}", progress) as bar:
                 x, shas = embedder.vectors(paths, bar)
             probs = head.probs(x) if len(paths) else np.zeros((0, len(bundle.labels)))
@@ -239,68 +291,42 @@ def _probabilities(workspace: Workspace, bundle: Bundle, paths: list[Path],
 
 
 def _tally(bundle: Bundle, sets: _Sets, said: list[str], alerts: list[bool]) -> Score:
-    held = len(sets.holdout)
+    held, n_field, n_extra = len(sets.holdout), len(sets.field), len(sets.extra)
+    negatives_end = held + n_field + n_extra
     truth = [i.label for i in sets.holdout]
-    confusion: dict[str, dict[str, int]] = {}
-    for t, p in zip(truth, said[:held], strict=True):
-        row = confusion.setdefault(t, {})
-        row[p] = row.get(p, 0) + 1
-    recall = {name: row.get(name, 0) / sum(row.values()) for name, row in sorted(
-        confusion.items(), key=lambda kv: _order(bundle, kv[0]))}
+    confusion = _confusion(truth, said[:held])
     accuracy = float(np.mean([t == p for t, p in zip(truth, said[:held], strict=True)])) \
         if held else 0.0
-    n_field = len(sets.field)
     field_alerts = alerts[held:held + n_field]
-    extra_alerts = alerts[held + n_field:]
+    extra_alerts = alerts[held + n_field:negatives_end]
     by_label: dict[str, int] = {}
-    for s, a in zip(said[held:], alerts[held:], strict=True):
+    for s, a in zip(said[held:negatives_end], alerts[held:negatives_end], strict=True):
         if a:
             by_label[s] = by_label.get(s, 0) + 1
+    device_confusion = _confusion([i.label for i in sets.device], said[negatives_end:])
     return Score(bundle.version, list(bundle.labels), sorted(bundle.negative_labels),
-                 confusion, recall, accuracy, n_field, sum(field_alerts), len(extra_alerts),
-                 sum(extra_alerts), dict(sorted(by_label.items())))
+                 confusion, _recall(bundle, confusion), accuracy, n_field, sum(field_alerts),
+                 n_extra, sum(extra_alerts), dict(sorted(by_label.items())),
+                 device_confusion=device_confusion,
+                 device_recall=_recall(bundle, device_confusion),
+                 device_weak=sum(1 for i in sets.device if (i.sample or {}).get("weak")))
+
+
+def _confusion(truth: Sequence[str], said: Sequence[str]) -> dict[str, dict[str, int]]:
+    confusion: dict[str, dict[str, int]] = {}
+    for t, p in zip(truth, said, strict=True):
+        row = confusion.setdefault(t, {})
+        row[p] = row.get(p, 0) + 1
+    return confusion
+
+
+def _recall(bundle: Bundle, confusion: dict[str, dict[str, int]]) -> dict[str, float]:
+    return {name: row.get(name, 0) / sum(row.values()) for name, row in sorted(
+        confusion.items(), key=lambda kv: _order(bundle, kv[0]))}
 
 
 def _order(bundle: Bundle, label: str) -> tuple[int, str]:
     return (bundle.labels.index(label) if label in bundle.labels else len(bundle.labels), label)
-
-
-def gate(cand: Score, ref: Score | None, tolerance: float, noise_images: int = 1
-         ) -> tuple[bool | None, list[str]]:
-    """Promote only with fewer false alerts on field negatives and no species recall drop
-    beyond ``tolerance``; returns (passed, reasons), passed None without a reference.
-
-    A drop also has to lose more than ``noise_images`` test images of that species to count:
-    held-out sets of a few dozen photos per species move in steps of several points.
-    """
-    if ref is None:
-        return None, ["no deployed model to compare with (first model)"]
-    reasons: list[str] = []
-    ok = True
-    if ref.negatives_total == 0:
-        ok = False
-        reasons.append("no field negatives to compare on: pull and review samples the owner "
-                       "rejected first (or pass --negatives DIR)")
-    elif cand.false_alerts < ref.false_alerts:
-        reasons.append(f"false alerts on {ref.negatives_total} field negatives: "
-                       f"{ref.false_alerts} -> {cand.false_alerts}")
-    else:
-        ok = False
-        reasons.append(f"false alerts on {ref.negatives_total} field negatives did not go down "
-                       f"({ref.false_alerts} -> {cand.false_alerts})")
-    for name in ref.species:
-        before, after = ref.recall[name], cand.recall.get(name, 0.0)
-        lost = round((before - after) * sum(ref.confusion[name].values()))
-        if before - after > tolerance + 1e-9 and lost > noise_images:
-            ok = False
-            reasons.append(f"recall of {name} fell {before:.1%} -> {after:.1%} "
-                           f"({lost} test images; more than {tolerance:.1%})")
-        elif before - after > tolerance + 1e-9:
-            reasons.append(f"recall of {name} fell {before:.1%} -> {after:.1%}, but by "
-                           f"{lost} test image(s) only: within noise")
-    if ok:
-        reasons.append(f"no species recall fell by more than {tolerance:.1%}")
-    return ok, reasons
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -346,6 +372,10 @@ def _summary_rows(cand: Score, ref: Score | None) -> list[tuple[str, str]]:
              row(lambda s: f"{s.false_alerts} / {s.negatives_total}"))]
     for name in dict.fromkeys(name for s in scores for name in s.species):
         rows.append((f"recall {name}", row(lambda s, n=name: _pct(s.recall.get(n)))))
+    for name in dict.fromkeys(n for s in scores for n in s.device_recall):
+        total = sum(cand.device_confusion[name].values())
+        rows.append((f"recall {name}, device positives ({total})",
+                     row(lambda s, n=name: _pct(s.device_recall.get(n)))))
     return rows
 
 

@@ -156,7 +156,9 @@ def run_loop(workspace: Workspace, transport: Transport, training: TrainingConfi
                                   tolerance=training.tolerance,
                                   noise_images=training.noise_images,
                                   negatives_dirs=negatives_dirs, threads=training.threads,
-                                  batch_size=training.batch_size, progress=progress)
+                                  batch_size=training.batch_size, progress=progress,
+                                  view=training.view,
+                                  weak_after_s=training.weak_positive_after_s)
     if summary.report.gate in PUSHABLE:
         with _timed(summary, "push"):
             try:

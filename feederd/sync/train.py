@@ -36,7 +36,6 @@ from feederd.atomic import write_bytes, write_json
 from feederd.errors import SyncError
 from feederd.sync.dataset import (
     PREPROCESS,
-    BundleRunner,
     Item,
     VectorCache,
     embedder_key,
@@ -46,6 +45,7 @@ from feederd.sync.dataset import (
     scan_folder,
     split,
 )
+from feederd.sync.domain import embedders
 from feederd.sync.workspace import TrainingConfig, Workspace, safe_name
 
 logger = logging.getLogger(__name__)
@@ -236,12 +236,21 @@ class _Data:
 
 def train(workspace: Workspace, cfg: TrainingConfig, *, allow_new_class: bool | None = None,
           negative_labels: Sequence[str] = (), version: str | None = None,
-          progress: bool = False) -> TrainResult:
-    """Train a head on base + labelled mined samples and write the candidate bundle."""
+          progress: bool = False, base_only: bool = False) -> TrainResult:
+    """Train a head on base + labelled mined samples and write the candidate bundle.
+
+    ``base_only``: ignore the pulled samples (``init``'s baseline is the base data alone, also
+    when re-run in a workspace that holds pulled samples).
+    """
     started = time.perf_counter()
     state = workspace.require().load_state()
     setup = _setup(state, workspace)
-    mined = mined_items(workspace, cfg.use_pseudo)
+    if setup.get("from_bundle"):
+        from feederd.sync.frombundle import train_gate
+
+        result: TrainResult = train_gate(workspace, cfg, setup, version, progress)
+        return result
+    mined = [] if base_only else mined_items(workspace, cfg.use_pseudo)
     base_negatives = set(setup.get("base_negative_labels", setup["negative_labels"]))
     if cfg.field_class:
         mined = [field_negative(item, base_negatives) for item in mined]
@@ -298,19 +307,22 @@ def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
            mined: Sequence[Item], progress: bool) -> tuple[_Data, int]:
     base = scan_folder(Path(setup["data"]))
     train_items, test_items = split(base, float(setup["holdout"]), int(setup["seed"]))
-    everything = [*train_items, *test_items, *mined]
+    photos, mined = [*train_items, *test_items], list(mined)
     cache = VectorCache(workspace.cache_path)
     try:
-        runner = BundleRunner(workspace.dir / setup["embedder"], cache, setup["embedder_key"],
-                              "embedding", cfg.threads, cfg.batch_size)
-        with progress_bar(len(everything), "embed", progress) as bar:
-            x, shas = runner.vectors([i.path for i in everything], bar)
+        rendered, frames = embedders(workspace, setup, cfg.view, cache, cfg.threads,
+                                     cfg.batch_size)
+        with progress_bar(len(photos) + len(mined), "embed", progress) as bar:
+            x_photos, sha_photos = rendered.vectors([i.path for i in photos], bar)
+            x_mined, sha_mined = frames.vectors([i.path for i in mined], bar)
     finally:
         cache.close()
-    keys = [i.key for i in everything]
-    data = _Data(train_items, test_items, dict(zip(keys, x, strict=True)),
-                 dict(zip(keys, shas, strict=True)))
-    return data, runner.computed
+    keys = [i.key for i in [*photos, *mined]]
+    vectors = [*x_photos, *x_mined]
+    data = _Data(train_items, test_items, dict(zip(keys, vectors, strict=True)),
+                 dict(zip(keys, [*sha_photos, *sha_mined], strict=True)))
+    computed = rendered.computed + (frames.computed if frames is not rendered else 0)
+    return data, computed
 
 
 def _out_of_fold(items: Sequence[Item], x: np.ndarray, y: Sequence[str], full: Head,
@@ -451,7 +463,7 @@ def init_workspace(workspace: Workspace, cfg: TrainingConfig, *, backbone: Path,
     # with what the device really runs.
     state.update({"init": setup, "baseline": None, "candidate": None})
     workspace.save_state(state)
-    result = train(workspace, cfg, allow_new_class=False, progress=progress)
+    result = train(workspace, cfg, allow_new_class=False, progress=progress, base_only=True)
     workspace.update_state(baseline=result.version)
     workspace.record("init", version=result.version, data=str(data))
     return result

@@ -9,6 +9,9 @@ names the devices and how to reach them, where workspaces live and the training 
     neg_per_pos = 3          # negatives kept per positive sample
     tolerance = 0.02         # largest species recall drop the gate accepts
 
+    [training.view]          # how the device sees a photo: its camera and crop settings
+    crop = "motion"
+
     [devices.feeder]
     transport = "ssh"        # or "local"
     host = "pi@feeder.local"
@@ -48,6 +51,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from feederd.atomic import write_json
+from feederd.config import CameraConfig, ClassifierConfig, MiningConfig
 from feederd.errors import ConfigError, SyncError
 
 CONFIG_ENV = "FEEDER_SYNC_CONFIG"
@@ -100,6 +104,27 @@ class DeviceConfig(_Strict):
         return value
 
 
+class ViewConfig(_Strict):
+    """How the device sees a photo (see :mod:`feederd.sync.domain`); defaults: the device's."""
+
+    domain: Literal["device", "photo"] = Field("device", description="device: base and test "
+                                               "photos are rendered as device frames (crop, "
+                                               "JPEG) before they are embedded; photo: used "
+                                               "as they are (the old recipe).")
+    width: int = Field(CameraConfig().width, ge=64, le=4608, description="The device's "
+                       "camera.width.")
+    height: int = Field(CameraConfig().height, ge=64, le=3496, description="The device's "
+                        "camera.height.")
+    fill: float = Field(CameraConfig().folder_fill, ge=0.3, le=0.98, description="Share of "
+                        "the frame a photo fills (as camera.folder_fill).")
+    crop: Literal["motion", "full"] = Field(ClassifierConfig().crop, description="The "
+                                            "device's classifier.crop.")
+    crop_expand: float = Field(ClassifierConfig().crop_expand, ge=1.0, le=4.0,
+                               description="The device's classifier.crop_expand.")
+    jpeg_quality: int = Field(MiningConfig().jpeg_quality, ge=30, le=100, description="The "
+                              "device's mining.jpeg_quality.")
+
+
 class TrainingConfig(_Strict):
     neg_per_pos: float = Field(3.0, gt=0, description="Most negative samples per positive "
                                "(as the TF Object Detection API's max_negatives_per_positive).")
@@ -115,8 +140,14 @@ class TrainingConfig(_Strict):
                               "other birds, and a class of their own costs the species less "
                               "recall.")
     seed: int = Field(0, description="Seed of the split, the negative subsample and the folds.")
-    holdout: float = Field(0.5, gt=0, lt=1, description="Default share of each class kept "
-                           "out of training for evaluation (feeder-sync init).")
+    holdout: float = Field(0.2, gt=0, lt=1, description="Default share of each class kept "
+                           "out of training for evaluation (feeder-sync init); every class "
+                           "keeps at least one training image.")
+    view: ViewConfig = Field(default_factory=lambda: ViewConfig.model_validate({}),
+                             description="How the device sees a photo ([training.view]).")
+    weak_positive_after_s: float = Field(2 * 86400.0, ge=0, description="Gate: a pulled "
+                                         "frame of an alert nobody rejected for this long "
+                                         "counts as a (weak) positive of the alerted species.")
     c: float = Field(0.1, gt=0, description="Inverse regularisation of the logistic head.")
     class_weight: Literal["balanced", "none"] = Field("balanced", description="balanced: "
                                                       "rare species weigh as much as common.")

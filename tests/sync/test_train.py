@@ -12,6 +12,7 @@ from feederd.bundle import read_bundle
 from feederd.classifier import Classifier
 from feederd.errors import SyncError
 from feederd.sync.dataset import Item, VectorCache, scan_folder, split
+from feederd.sync.domain import view_key
 from feederd.sync.train import cap_negatives, check_labels, fit_head, train
 from feederd.sync.workspace import TrainingConfig, Workspace
 from sync.conftest import COUNTS, Setup, init_args
@@ -36,17 +37,30 @@ def state(setup: Setup) -> dict[str, object]:
 
 
 class TestInit:
-    def test_init_builds_an_evaluated_baseline_bundle(self, setup: Setup) -> None:
+    def test_init_builds_an_evaluated_baseline_bundle(self, setup: Setup, dataset: Path
+                                                      ) -> None:
         st = state(setup)
         version = st["baseline"]
         bundle = read_bundle(setup.workspace / "models" / f"{version}.onnx")
         assert bundle.labels == ("jay", "other", "robin")
         assert bundle.negative_labels == {"other"}
         assert bundle.parent_version is None and bundle.created
-        assert sum(bundle.trained_on.values()) == sum(COUNTS.values()) // 2
+        train_items, _ = split(scan_folder(dataset), CFG.holdout, 0)
+        assert sum(bundle.trained_on.values()) == len(train_items) < sum(COUNTS.values())
         assert bundle.metrics["mean_species_recall"] > 0.8
         assert st["models"][version]["gate"] == "n/a"
         assert (setup.workspace / "reports" / version / "report.md").exists()
+
+    def test_a_new_init_builds_its_baseline_from_the_base_data_only(
+            self, setup: Setup, backbone: Path, dataset: Path) -> None:
+        pulled(setup, squirrels(6))
+        first = state(setup)["baseline"]
+        run_sync(setup.config, *init_args(backbone, dataset))
+        st = state(setup)
+        assert st["baseline"] != first
+        assert "other_field" not in st["models"][st["baseline"]]["trained_on"]
+        train_items, _ = split(scan_folder(dataset), CFG.holdout, 0)
+        assert sum(st["models"][st["baseline"]]["trained_on"].values()) == len(train_items)
 
     def test_a_negative_label_without_a_folder_is_bad_input(self, tmp_path: Path,
                                                             backbone: Path,
@@ -90,7 +104,7 @@ class TestTrain:
         ws = Workspace(setup.tmp / "workspace", "feeder")
         result = train(ws, CFG.model_copy(update={"field_class": False}))
         assert result.labels == ["jay", "other", "robin"]
-        assert result.trained_on["other"] == 20 + 4
+        assert result.trained_on["other"] == 32 + 4  # 40 base photos less the 20% held out
 
     def test_the_bundle_gives_the_heads_probabilities_and_the_raw_embedding(
             self, setup: Setup) -> None:
@@ -113,7 +127,7 @@ class TestTrain:
 
     def test_embeddings_are_cached_by_content_hash(self, setup: Setup) -> None:
         cache = VectorCache(setup.workspace / "embeddings.db")
-        key = state(setup)["init"]["embedder_key"]
+        key = f'{state(setup)["init"]["embedder_key"]}|{view_key(CFG.view)}'
         try:
             assert cache.count(key) == sum(COUNTS.values())
         finally:

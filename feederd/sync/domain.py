@@ -1,0 +1,109 @@
+"""The device's view of a photo: train and evaluate on what the classifier really sees.
+
+A frame the device mines is not a photo: it is the square crop of a camera frame around the
+motion box (grown by ``classifier.crop_expand``), JPEG-encoded at ``mining.jpeg_quality``, and
+only then resized to the model input. Base photos are tightly framed and never JPEG'd twice. A
+head trained on base photos plus mined device frames can learn "looks like a device frame"
+as the mark of the field-negative class, and a gate that tests on raw photos cannot see the
+cost: species lose recall on the device while the report says nothing changed (issue 16: crow
+0.858 -> 0.809 on device frames, unchanged on photos).
+
+So every base photo (and every extra test photo) is rendered as the device would see it
+before it is embedded, with the device's own functions: the photo is scaled into a frame of
+the camera's size on the plain grey of an empty feeder (:func:`feederd.capture.folder.fit_image`
+and :func:`~feederd.capture.folder.place`, as the image-folder replay shows it), the real
+:class:`~feederd.motion.MotionDetector` finds its box against the empty frame,
+:func:`feederd.classifier.square_crop` cuts the crop the classifier gets, and the crop goes
+through the JPEG encoding a mined sample has. The model-input resize is the classifier's own
+(:func:`feederd.classifier.resize_for_model`), applied by the embedder as for any image.
+
+``domain = "photo"`` keeps the old recipe (raw photos), for comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cv2
+import numpy as np
+
+from feederd.capture.folder import BACKGROUND_GREY, fit_image, place
+from feederd.classifier import square_crop
+from feederd.config import MotionConfig
+from feederd.motion import MotionDetector, downscale_grey
+from feederd.sync.dataset import BundleRunner, VectorCache
+from feederd.sync.workspace import ViewConfig, Workspace
+from feederd.types import Box, Frame
+
+logger = logging.getLogger(__name__)
+
+Render = Callable[[np.ndarray], np.ndarray]
+
+
+def renderer(view: ViewConfig) -> Render | None:
+    """The function turning a decoded photo into a device frame; None for raw photos."""
+    if view.domain == "photo":
+        return None
+    return DeviceView(view).render
+
+
+def view_key(view: ViewConfig) -> str:
+    """Identity of the rendering, for cache keys: '' for raw photos."""
+    if view.domain == "photo":
+        return ""
+    text = json.dumps(view.model_dump(), sort_keys=True)
+    return "view:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class DeviceView:
+    """Renders photos as device frames; thread-safe (each call has its own detector)."""
+
+    def __init__(self, view: ViewConfig) -> None:
+        self.view = view
+        self._motion = MotionConfig()
+        self._empty = np.full((view.height, view.width, 3), BACKGROUND_GREY, np.uint8)
+        self._empty_grey = downscale_grey(self._empty, self._motion.height)
+
+    def render(self, photo: np.ndarray) -> np.ndarray:
+        """The JPEG-decoded crop the device would store for ``photo`` (BGR)."""
+        view = self.view
+        picture = fit_image(photo, view.width, view.height, view.fill)
+        frame = place(self._empty.copy(), picture)
+        box = self.motion_box(frame) if view.crop == "motion" else None
+        crop = square_crop(frame, box, view.crop_expand)
+        return jpeg_roundtrip(crop, view.jpeg_quality)
+
+    def motion_box(self, frame: np.ndarray) -> Box | None:
+        """Where the device's motion gate sees the photo arrive on the empty feeder."""
+        detector = MotionDetector(self._motion)
+        detector.detect(Frame(0, 0.0, 0.0, self._empty, self._empty_grey))
+        grey = downscale_grey(frame, self._motion.height)
+        return detector.detect(Frame(1, 0.1, 0.0, frame, grey)).box
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` as a mined sample stores it: JPEG at ``quality``, decoded again."""
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"cannot encode a {image.shape} image as JPEG")
+    decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    return np.asarray(decoded)
+
+
+def embedders(workspace: Workspace, setup: Mapping[str, Any], view: ViewConfig,
+              cache: VectorCache, threads: int, batch_size: int
+              ) -> tuple[BundleRunner, BundleRunner]:
+    """(photos, device frames): the workspace's embedder run on rendered base or test photos,
+    and on pulled samples as they are (they already are device frames)."""
+    path = workspace.dir / setup["embedder"]
+    key = str(setup["embedder_key"])
+    frames = BundleRunner(path, cache, key, "embedding", threads, batch_size)
+    if view.domain == "photo":
+        return frames, frames
+    photos = BundleRunner(path, cache, f"{key}|{view_key(view)}", "embedding", threads,
+                          batch_size, renderer(view))
+    return photos, frames
