@@ -178,15 +178,18 @@ def test_reload_model_asks_the_daemon_to_reload(
         def request_reload(self) -> None:
             asked.set()
 
+    probe = Probe(broker, TOPICS.alerts)
     link = MqttLink(config(broker.port), HomeAssistantConfig(), "", tmp_path / "outbox.db",
                     recorder, sw_version="0", commands=Daemon())
     link.start()
     try:
         connected(link)
-        Probe(broker).publish(TOPICS.model_reload, "reload")
-        assert asked.wait(5)
+        probe.wait_for(TOPICS.alerts)  # sent after subscribing, on the same connection
+        probe.publish(TOPICS.model_reload, "reload")
+        assert asked.wait(15)
     finally:
         link.stop(timeout=2)
+        probe.close()
 
 
 # --- retained state -----------------------------------------------------------------------------
