@@ -1,13 +1,13 @@
 """Where the peak RSS of ``feederd run`` goes: imports, the model, run time; anon vs file pages.
 
     python tools/bench/rss_bench.py [--model models/aiy_birds_v1.onnx] [--runs 3]
-                                    [--env MALLOC_ARENA_MAX=2 ...]
+                                    [--env MALLOC_ARENA_MAX=2 ...] [--source FOLDER]
 
 Each run is a fresh ``feederd run`` process replaying the first shared feeder clip with MQTT off
-(the same configuration as ``pipeline_bench.py``'s RSS figure). Inside it a sampler thread
-records the process's RSS every 10 ms; at the end the child prints its VmHWM, its RSS split into
-anonymous and file-backed pages at the peak sample, and the mappings holding most of it (read
-from ``/proc/self/smaps`` at that moment). Two more fresh processes measure the floor: RSS after
+(the same configuration as ``pipeline_bench.py``'s RSS figure), or ``--source`` (another clip or
+a photo folder). Inside it a sampler thread records the process's RSS every 10 ms; at the end
+the child prints its VmHWM, its RSS split into anonymous and file-backed pages at the peak
+sample, and the mappings holding most of it (read from ``/proc/self/smaps`` at that moment). Two more fresh processes measure the floor: RSS after
 importing only numpy, OpenCV and onnxruntime, and after importing :mod:`feederd.daemon`.
 
 ``--env`` repeats the daemon runs with environment settings (glibc, OpenBLAS, OpenCV knobs) in
@@ -73,7 +73,7 @@ FLOOR = ("import json; {imports}; print(json.dumps({{l.split(':')[0]: int(l.spli
 
 
 def run_daemon(model: Path, clip: Path, env: dict[str, str]) -> dict:
-    """One fresh ``feederd run`` replaying ``clip``; its peak figures (MB) and mappings."""
+    """One fresh ``feederd run`` replaying ``clip`` (a file or folder); its peak figures (MB)."""
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "feederd.toml"
         config.write_text(f'state_dir = "{tmp}"\n[camera]\nsource = "{clip.resolve()}"\n'
@@ -112,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shared", type=Path,
                         default=Path(os.environ.get("FEEDERD_SHARED_DATA", DEFAULT_SHARED)))
     parser.add_argument("--model", type=Path, default=default_model_path())
+    parser.add_argument("--source", type=Path, default=None,
+                        help="clip or photo folder to replay (default: the first shared clip)")
     parser.add_argument("--runs", type=int, default=3, help="fresh processes per side")
     parser.add_argument("--env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="also run with each of these environment settings")
     args = parser.parse_args(argv)
-    clip = shared_clips(args.shared)[0]
+    clip = args.source or shared_clips(args.shared)[0]
     print(f"feederd run, {args.model.name}, replaying {clip.name}, {args.runs} fresh runs/side")
     print(f"  floor: numpy+cv2+onnxruntime  "
           f"{split(floor('import numpy, cv2, onnxruntime'))}")
