@@ -7,8 +7,9 @@ Each run is a fresh ``feederd run`` process replaying the first shared feeder cl
 (the same configuration as ``pipeline_bench.py``'s RSS figure), or ``--source`` (another clip or
 a photo folder). Inside it a sampler thread records the process's RSS every 10 ms; at the end
 the child prints its VmHWM, its RSS split into anonymous and file-backed pages at the peak
-sample, and the mappings holding most of it (read from ``/proc/self/smaps`` at that moment). Two more fresh processes measure the floor: RSS after
-importing only numpy, OpenCV and onnxruntime, and after importing :mod:`feederd.daemon`.
+sample, and the mappings holding most of it (read from ``/proc/self/smaps`` at that moment).
+Two more fresh processes measure the floor: RSS after importing only numpy, OpenCV and
+onnxruntime, and after importing :mod:`feederd.daemon`.
 
 ``--env`` repeats the daemon runs with environment settings (glibc, OpenBLAS, OpenCV knobs) in
 interleaved rounds, so a knob is judged against the plain run under the same load.
