@@ -18,6 +18,7 @@ names the devices and how to reach them, where workspaces live and the training 
     ssh_options = ["-p", "22"]
     feederd = "feederd"      # the command on the device
     feederd_config = "/etc/feederd/feederd.toml"
+    pull_max_mb = 4096       # most one pull accepts (a larger stream is refused)
 
 One folder per device holds everything about it::
 

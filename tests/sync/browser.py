@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from prerequisites import require_tool
 
 from sync.helpers import SYNC
 
@@ -25,18 +24,12 @@ CHROMEDRIVER = os.environ.get("FEEDERD_CHROMEDRIVER", "/usr/bin/chromedriver")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-extensions", "--disable-default-apps", "--window-size=1280,900")
-REQUIRED = os.environ.get("CI") == "true" or os.environ.get("FEEDERD_REQUIRE_SHARED_DATA") == "1"
 
 
 def require_chromium() -> None:
     """Skip without Chromium on a developer's machine; fail where CI installs it."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
-    if missing:
-        message = (f"{', '.join(missing)} not installed: apt-get install chromium "
-                   "chromium-driver")
-        if REQUIRED:
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool(CHROMIUM, "chromium")
+    require_tool(CHROMEDRIVER, "chromium-driver")
 
 
 def chromium(profile: Path) -> Any:
