@@ -3,41 +3,40 @@
 
 It needs root, systemd-nspawn and debootstrap (the roots are built once and cached in
 /var/cache/feederd-pi-roots), and takes minutes: ~3 min per release with cached roots, ~8 min
-more to build both roots. Skipped where those are missing; .ci/run runs the script as its own
+more to build both roots. Skipped where those are missing (a failure under CI and with
+FEEDERD_REQUIRE_SHARED_DATA=1: tests/prerequisites.py); .ci/run runs the script as its own
 step, with its own time limit, after the rest of the suite.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from prerequisites import require_root, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "tools" / "pi-emulation" / "run.py"
 LIMIT_S = 2400
 
 
-def missing() -> list[str]:
-    needs = [] if os.geteuid() == 0 else ["root"]
-    needs += [tool for tool in ("systemd-nspawn", "debootstrap", "nsenter")
-              if shutil.which(tool) is None]
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        needs.append("mosquitto")
-    return needs
+def require_emulation_tools() -> None:
+    """Root and the tools .ci/run installs: skip without them here, fail under CI."""
+    require_root("the Pi emulation (systemd-nspawn)")
+    for tool, package in (("systemd-nspawn", "systemd-container"),
+                          ("debootstrap", "debootstrap"), ("nsenter", "util-linux"),
+                          ("mosquitto", "mosquitto")):
+        require_tool(tool, package)
 
 
 @pytest.mark.pi_emulation
 @pytest.mark.slow
 @pytest.mark.timeout(LIMIT_S + 60)
 def test_feederd_runs_as_a_service_on_debian_12_and_13() -> None:
-    if needs := missing():
-        pytest.skip(f"the Pi emulation needs {', '.join(needs)}")
+    require_emulation_tools()
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
                           timeout=LIMIT_S)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
