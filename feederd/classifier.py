@@ -169,6 +169,16 @@ class Classifier:
             decision=self.task.decide(probs),
         )
 
+    def check_on(self, frames: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Refuse (ModelError) a model whose outputs on the named BGR frames are not finite
+        probabilities."""
+        for name, image in frames:
+            try:
+                probs, embedding = self.run(self.prepare(image))
+            except Exception as exc:  # onnxruntime raises its own pybind error types
+                raise ModelError(f"{self.path}: inference failed on {name}: {exc}") from exc
+            self.check_outputs(probs, embedding, name)
+
     def _check_inference(self) -> None:
         """Run a grey and a noise image; refuse NaN, infinities or unnormalised probabilities."""
         rng = np.random.default_rng(0)
@@ -180,10 +190,11 @@ class Classifier:
                 probs, embedding = self.run(self.prepare(image))
             except Exception as exc:  # onnxruntime raises its own pybind error types
                 raise ModelError(f"{self.path}: test inference failed: {exc}") from exc
-            self._check_outputs(probs, embedding, name)
+            self.check_outputs(probs, embedding, name)
 
-    def _check_outputs(self, probs: np.ndarray, embedding: np.ndarray | None,
-                       name: str) -> None:
+    def check_outputs(self, probs: np.ndarray, embedding: np.ndarray | None,
+                      name: str) -> None:
+        """Raise ModelError unless the outputs on ``name`` are finite probabilities."""
         where = f"{self.path}: on {name}"
         if probs.ndim != 2 or probs.shape[1] != len(self._labels):
             raise ModelError(f"{where} '{PROBS}' has shape {probs.shape}, expected "
@@ -201,12 +212,16 @@ class Classifier:
             raise ModelError(f"{where} '{EMBEDDING}' contains NaN or infinity")
 
 
-def validate_bundle(path: Path) -> Bundle:
-    """Load ``path`` fully, test inference included; return its metadata or raise ModelError.
+def validate_bundle(path: Path, frames: Sequence[tuple[str, np.ndarray]] = ()) -> Bundle:
+    """Load ``path`` fully, test inference included (also on the named real ``frames``: a
+    model can be finite on the synthetic test images and NaN on a feeder); return its
+    metadata or raise ModelError.
 
     Used by ``feederd model install`` before a candidate may replace the current model.
     """
-    return Classifier(path, threads=1).bundle
+    classifier = Classifier(path, threads=1)
+    classifier.check_on(frames)
+    return classifier.bundle
 
 
 def crop_square(box: Box, expand: float, width: int, height: int, min_side: int = 0) -> Box:

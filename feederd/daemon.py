@@ -22,12 +22,14 @@ from feederd.capture import describe_source, is_demo_source, open_source
 from feederd.capture.base import FrameSource
 from feederd.classifier import Classifier
 from feederd.config import Settings, load_settings, writable_dir
+from feederd.errors import FeederError
 from feederd.events import EventQueue, JsonLinesSink, LinkEvents
 from feederd.health import HEALTH_FILE, HealthFile
 from feederd.jobs import Jobs
 from feederd.logsetup import setup_logging
 from feederd.mining.collector import Collector
 from feederd.mining.recent import RecentVisits
+from feederd.modelchain import Choice, load_model, real_frames
 from feederd.modelstore import ModelStore, store_for
 from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.notify import SystemdNotifier
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 # Fault injection for the watchdog test: after this many frames the loop hangs, as a stuck
 # camera driver would, so the test can see systemd's watchdog pings stop.
 _STALL_AFTER = int(os.environ.get("FEEDERD_FAULT_STALL_AFTER_FRAMES", "0"))
+MODEL_FAULT_LIMIT = 3  # frames with non-finite outputs before the model is rolled back
 
 
 def model_store_for(settings: Settings) -> ModelStore:
@@ -48,7 +51,8 @@ def model_store_for(settings: Settings) -> ModelStore:
 
 def resolve_model_path(settings: Settings) -> Path:
     """The configured bundle, else the installed ``current`` one, else the bundled AIY Birds V1
-    model (``feederd demo`` configures the cartoon demo model explicitly)."""
+    model (``feederd demo`` configures the cartoon demo model explicitly); the daemon falls
+    back further when one is damaged (feederd.modelchain)."""
     if settings.classifier.model:
         return Path(settings.classifier.model).expanduser()
     current = model_store_for(settings).current_path()
@@ -82,17 +86,19 @@ class Daemon:
         self._source: FrameSource | None = None
         self._spool: Spool | None = None
         self._alert_problem: str | None = None
+        self._faulty: set[Path] = set()  # models that gave non-finite outputs at run time
+        self._fault_handled: Classifier | None = None
         self.started = time.monotonic()
 
     # --- construction, in dependency order ---------------------------------------------------
 
     def _init_classifier(self) -> None:
-        path = resolve_model_path(self.settings)
-        self.classifier = self._load_classifier(path)
+        self._choice = load_model(self.settings, load=self._load_classifier)
+        self.classifier = self._choice.classifier
         self._model_target = model_store_for(self.settings).current_target()
         logger.info("model %s (%d labels) from %s", self.classifier.bundle.version,
-                    len(self.classifier.bundle.labels), path)
-        if is_demo_model(path):
+                    len(self.classifier.bundle.labels), self.classifier.path)
+        if is_demo_model(self.classifier.path):
             logger.log(self._demo_level, "model: the bundled demo model knows cartoon birds "
                        "only, not real ones; install a real model (`feederd model install "
                        "FILE`) or set classifier.model")
@@ -126,15 +132,18 @@ class Daemon:
 
     def _init_events(self) -> None:
         handlers: list[Any] = [self.collector]
+        first: list[LinkEvents] = []
         if self._alert_sink is not None:
             handlers.append(self._alert_sink)
         elif self._alert_stream is not None:
             handlers.append(JsonLinesSink(self._alert_stream, self._visits_to_stream))
         if self._mqtt is not None:
             m = self.settings.mqtt
-            handlers.append(LinkEvents(self._mqtt, m.snapshot_width, m.snapshot_quality))
+            first.append(LinkEvents(self._mqtt, m.snapshot_width, m.snapshot_quality))
+            handlers.extend(first)
         # A replay as fast as possible has no live camera to keep up with: lose nothing.
-        self.events = EventQueue(handlers, lossless=not self.settings.camera.realtime)
+        self.events = EventQueue(handlers, lossless=not self.settings.camera.realtime,
+                                 first=first)
 
     def _init_pipeline(self) -> None:
         s = self.settings
@@ -161,7 +170,7 @@ class Daemon:
         self.events.start()
         if self._mqtt is not None:
             self._mqtt.start()
-            self._mqtt.publish_model(self.classifier.bundle.describe())
+            self._mqtt.publish_model(self._choice.describe())
         self._jobs.start()
         self.write_health()
 
@@ -202,6 +211,9 @@ class Daemon:
                 self._stop.wait(0.02)
                 continue
             self.pipeline.process(frame)
+            if self.pipeline.faults >= MODEL_FAULT_LIMIT and \
+                    self.pipeline.classifier is not self._fault_handled:
+                self._on_model_fault()
             if _STALL_AFTER and self.pipeline.counters.frames >= _STALL_AFTER:
                 threading.Event().wait()
         self.pipeline.close_visit(time.time())
@@ -292,17 +304,42 @@ class Daemon:
         path = resolve_model_path(self.settings)
         try:
             new = self._load_classifier(path)
+            new.check_on(real_frames(self.settings))
         except Exception:
             logger.exception("new model %s refused; the current model keeps serving", path)
             return False
-        self.classifier = new
-        self.pipeline.swap_classifier(new)
-        self.collector.set_bundle(new.bundle)
-        if self._mqtt is not None:
-            self._mqtt.set_labels(new.bundle.labels)
-            self._mqtt.set_species(self._species())
-            self._mqtt.publish_model(new.bundle.describe())
+        self._adopt(Choice(new, "configured" if self.settings.classifier.model else "current"))
         return True
+
+    def _adopt(self, choice: Choice) -> None:
+        self._choice, self.classifier = choice, choice.classifier
+        self.pipeline.swap_classifier(choice.classifier)
+        self.collector.set_bundle(choice.classifier.bundle)
+        if self._mqtt is not None:
+            self._mqtt.set_labels(choice.classifier.bundle.labels)
+            self._mqtt.set_species(self._species())
+            self._mqtt.publish_model(choice.describe())
+
+    def _on_model_fault(self) -> None:
+        """Non-finite outputs on real frames: roll ``current`` back and serve the next good
+        model (feederd.modelchain); the faulty one is never loaded again by this process."""
+        bad = self.pipeline.classifier
+        self._fault_handled = bad
+        self._faulty.add(bad.path)
+        logger.error("model %s gave non-finite outputs on %d frames: a model fault; rolling "
+                     "back", bad.bundle.version, self.pipeline.faults)
+        store = model_store_for(self.settings)
+        if self._choice.source == "current" and store.previous_path() is not None:
+            try:
+                store.rollback()
+                self._model_target = store.current_target()
+            except (FeederError, OSError):
+                logger.exception("rollback failed; falling back without it")
+        try:
+            self._adopt(load_model(self.settings, skip=self._faulty,
+                                   load=self._load_classifier))
+        except FeederError as exc:
+            logger.error("no model to fall back to (%s); faulty frames keep being skipped", exc)
 
     # --- figures for stats --------------------------------------------------------------------
 
@@ -320,7 +357,8 @@ class Daemon:
         """What ``feederd doctor`` reads (feederd.health); written only when it changes."""
         self._health.update({"started": round(time.time() - (time.monotonic() - self.started)),
                              "alerts_blocked": self._alert_problem or "",
-                             "model": self.classifier.bundle.version})
+                             "model": self.classifier.bundle.version,
+                             "model_fallback": self._choice.fallback})
 
     @property
     def mqtt(self) -> Any:

@@ -135,25 +135,29 @@ def check_model(settings: Settings) -> Check:
     from feederd.assets import is_demo_model
     from feederd.classifier import validate_bundle
     from feederd.daemon import model_store_for, resolve_model_path
+    from feederd.modelchain import real_frames
 
     fix = "install a good bundle: `feederd model install FILE`, or `feederd model rollback`"
     store = model_store_for(settings)
     if not settings.classifier.model and store.current_target() and \
             store.current_path() is None:
         return Check("model", False, f"{store.dir}/current points to "
-                     f"{store.current_target()}, which is missing; feederd would fall back to "
-                     "the bundled AIY Birds V1 model", fix)
+                     f"{store.current_target()}, which is missing; {_FALLBACK}", fix)
     path = resolve_model_path(settings)
     try:
-        bundle = validate_bundle(path)
+        bundle = validate_bundle(path, real_frames(settings))
     except FeederError as exc:
-        return Check("model", False, str(exc), fix)
+        return Check("model", False, str(exc) if settings.classifier.model
+                     else f"{exc}; {_FALLBACK}", fix)
     detail = f"{bundle.version}: {len(bundle.labels)} labels ({path})"
     if is_demo_model(path):
         return Check("model", True, f"{detail}: the demo model knows cartoon birds only",
                      "install a real model: `feederd model install FILE` (or feeder-sync "
                      "push), or set classifier.model", warn=True)
     return Check("model", True, detail)
+
+
+_FALLBACK = "the daemon serves `previous` instead, else the bundled model"
 
 
 # --- broker -------------------------------------------------------------------------------------

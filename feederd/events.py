@@ -5,14 +5,22 @@ thread delivers them to the handlers in order. Per-frame events are dropped (and
 when the queue is full; alerts and visit summaries wait briefly for room, because losing them
 would be visible to the owner. A replay run as fast as possible (``lossless``) has no live
 camera to keep up with, so there the frame loop waits for room instead of dropping.
+
+An alert is lost if the process dies before it is on disk, so ``first`` handlers (the MQTT
+outbox) get each new alert from the worker before anything else it has queued (per-frame
+events, an earlier visit's mining) and before the snapshot is encoded; then every handler gets
+it in order. The window between the decision and the outbox is one thread hand-off, the rest
+of the item the worker is busy with, and one SQLite commit (docs/DESIGN.md gives the figures).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Sequence
 from typing import IO, Any, Protocol
 
@@ -33,14 +41,24 @@ class PipelineEvents(Protocol):
                         frames: Sequence[ClassifiedFrame]) -> None: ...
 
 
+class AlertStore(Protocol):
+    """A handler that must have each alert before anything slow happens (the outbox)."""
+
+    def store_alert(self, alert: Alert) -> None: ...
+
+
 class EventQueue:
     """A bounded queue and one worker thread in front of a list of handlers."""
 
     _STOP = object()
+    _WAKE = object()
 
     def __init__(self, handlers: Sequence[PipelineEvents], maxsize: int = 256,
-                 important_wait_s: float = 2.0, lossless: bool = False) -> None:
+                 important_wait_s: float = 2.0, lossless: bool = False,
+                 first: Sequence[AlertStore] = ()) -> None:
         self._handlers = list(handlers)
+        self._first = list(first)
+        self._alerts: deque[Alert] = deque()  # for ``first``: one per visit at most
         self._lossless = lossless
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=maxsize)
         self._wait = important_wait_s
@@ -71,6 +89,10 @@ class EventQueue:
             self.dropped += 1
 
     def on_alert(self, alert: Alert) -> None:
+        if self._first:
+            self._alerts.append(alert)
+            with contextlib.suppress(queue.Full):  # full: the worker is busy, and it takes
+                self._queue.put_nowait(self._WAKE)  # the alert before its next item anyway
         self._put_important("on_alert", (alert,))
 
     def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:
@@ -84,12 +106,24 @@ class EventQueue:
             logger.error("event queue full: %s dropped; a consumer is stuck", method)
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not self._STOP:
-            method, args = item
-            for handler in self._handlers:
-                self._deliver(handler, method, args)
+        while True:
+            item = self._queue.get()
+            self._store_alerts()
+            if item is self._STOP:
+                return
+            if item is not self._WAKE:
+                method, args = item
+                for handler in self._handlers:
+                    self._deliver(handler, method, args)
 
-    def _deliver(self, handler: PipelineEvents, method: str, args: tuple[Any, ...]) -> None:
+    def _store_alerts(self) -> None:
+        """New alerts to the ``first`` handlers, ahead of every event queued before them."""
+        while self._alerts:
+            alert = self._alerts.popleft()
+            for store in self._first:
+                self._deliver(store, "store_alert", (alert,))
+
+    def _deliver(self, handler: Any, method: str, args: tuple[Any, ...]) -> None:
         try:
             getattr(handler, method)(*args)
         except Exception:
@@ -125,26 +159,42 @@ class JsonLinesSink:
 class AlertLink(Protocol):
     """The part of the MQTT link the events need (kept abstract: events know no paho)."""
 
-    def publish_alert(self, alert: Alert, snapshot_jpeg: bytes | None) -> None: ...
+    def publish_alert(self, alert: Alert, snapshot_jpeg: bytes | None, *,
+                      snapshot_follows: bool = False) -> None: ...
+
+    def publish_snapshot(self, event_id: str, snapshot_jpeg: bytes | None) -> None: ...
 
     def publish_visit(self, summary: VisitSummary) -> None: ...
 
 
 class LinkEvents:
-    """Forwards alerts (with a JPEG snapshot, encoded here, off the frame loop) and visits."""
+    """Forwards alerts (with a JPEG snapshot, encoded here, off the frame loop) and visits.
+
+    As an :class:`EventQueue` ``first`` handler it stores each alert the moment it is decided
+    and sends the snapshot when it is encoded; the link still delivers the snapshot first.
+    """
 
     def __init__(self, link: AlertLink, snapshot_width: int, snapshot_quality: int) -> None:
         self._link = link
         self._width = snapshot_width
         self._quality = snapshot_quality
+        self._stored: deque[str] = deque(maxlen=64)  # alerts store_alert has handled
 
     def on_classified(self, frame: ClassifiedFrame) -> None:
         return None
+
+    def store_alert(self, alert: Alert) -> None:
+        self._link.publish_alert(alert, None, snapshot_follows=alert.snapshot is not None)
+        self._stored.append(alert.event_id)
 
     def on_alert(self, alert: Alert) -> None:
         jpeg = None
         if alert.snapshot is not None:
             jpeg = encode_snapshot(alert.snapshot, self._width, self._quality)
+        if alert.event_id in self._stored:
+            if alert.snapshot is not None:
+                self._link.publish_snapshot(alert.event_id, jpeg)
+            return
         self._link.publish_alert(alert, jpeg)
 
     def on_visit_closed(self, summary: VisitSummary, frames: Sequence[ClassifiedFrame]) -> None:

@@ -157,8 +157,12 @@ class ModelStore:
         model on ``spool_samples`` (unless ``force``).
         """
         from feederd.classifier import validate_bundle
+        from feederd.modelchain import SPOOL_SAMPLES, clip_frames
 
-        bundle = validate_bundle(Path(file))
+        recent, _ = _decode(spool_samples[-SPOOL_SAMPLES:])
+        frames = [*clip_frames(), *((f"spool sample {n}", image)
+                                    for n, image in enumerate(recent, 1))]
+        bundle = validate_bundle(Path(file), frames)  # real frames too: see modelchain
         self.dir.mkdir(parents=True, exist_ok=True)
         with self._locked():
             remove_stale(self.dir)  # what an interrupted install left: none can run now

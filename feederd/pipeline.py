@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from feederd.classifier import Classifier, crop_square
 from feederd.config import ClassifierConfig
 from feederd.events import PipelineEvents
@@ -30,6 +32,7 @@ class PipelineCounters:
     visits: int = 0
     alerts: int = 0
     model_swaps: int = 0
+    model_faults: int = 0  # frames whose probabilities were not finite (skipped)
 
 
 class Pipeline:
@@ -47,6 +50,7 @@ class Pipeline:
         self._cfg = cfg
         self._reference: EmptyReference | None = None
         self.counters = PipelineCounters()
+        self.faults = 0  # model faults of the classifier now serving
 
     @property
     def classifier(self) -> Classifier:
@@ -88,6 +92,9 @@ class Pipeline:
         min_side = round(self._cfg.min_crop_side * min(height, width))
         prediction, crop = self._classifier.classify(
             frame.image, box, self._cfg.crop_expand, self._cfg.top_k, min_side)
+        if not np.isfinite(prediction.probs).all():
+            self._model_fault()
+            return
         self.counters.classified += 1
         square = Box(0, 0, width, height) if box is None else \
             crop_square(box, self._cfg.crop_expand, width, height, min_side)
@@ -122,10 +129,19 @@ class Pipeline:
             logger.debug("visit %s closed: %s", summary.event_id, summary.votes)
             self._events.on_visit_closed(summary, frames)
 
+    def _model_fault(self) -> None:
+        """NaN or infinity from the model: not a prediction; the daemon rolls back after a few."""
+        self.counters.model_faults += 1
+        self.faults += 1
+        if self.faults == 1:
+            logger.error("model %s gave non-finite probabilities; frame skipped (a model "
+                         "fault)", self._classifier.bundle.version)
+
     def _adopt_pending(self) -> None:
         new, self._pending = self._pending, None
         assert new is not None
         self._classifier = new
+        self.faults = 0
         self._tracker.set_task(new.task)
         self.counters.model_swaps += 1
         logger.info("now classifying with model %s", new.bundle.version)

@@ -88,3 +88,44 @@ def test_a_failing_handler_is_counted_and_the_others_still_get_the_event():
     assert healthy.seen == list(range(6))
     assert broken.seen == [0, 1, 2, 4, 5]
     assert events.handler_errors == 1
+
+
+def test_an_alert_is_stored_ahead_of_the_events_queued_before_it_and_its_snapshot_leads(
+        tmp_path):
+    from brokers import free_port
+
+    from feederd.config import HomeAssistantConfig, MqttConfig
+    from feederd.events import LinkEvents
+    from feederd.mqtt import MqttLink
+    from feederd.mqtt.outbox import Outbox
+
+    cfg = MqttConfig(host="127.0.0.1", port=free_port(), device_id="feeder1")  # no broker
+    link = MqttLink(cfg, HomeAssistantConfig(), "", tmp_path / "outbox.db", None,  # type: ignore[arg-type]
+                    sw_version="test")
+    link.start()
+    forward = LinkEvents(link, 640, 80)
+    gate = threading.Event()
+    stored_when_seen: list[int] = []
+
+    class Snooper(Recorder):
+        def on_classified(self, frame: ClassifiedFrame) -> None:
+            super().on_classified(frame)
+            stored_when_seen.append(link.counters()["outbox_pending"])
+
+    events = EventQueue([Snooper(gate), forward], first=[forward])
+    events.start()
+    for seq in range(20):  # the worker is held up by the first; 19 wait behind it
+        events.on_classified(classified(seq))
+    events.on_alert(Alert("20261201T000000.000Z-00000001", 0.0, "cardinal", 0.9, 0.5, 4,
+                          "v1", snapshot=np.full((720, 1280, 3), 90, np.uint8)))
+    gate.set()
+    events.stop()
+    link.stop(timeout=0.5)
+    assert stored_when_seen[1:] == [1] * 19  # the alert, and its snapshot not yet
+    outbox = Outbox(tmp_path / "outbox.db", 100)
+    topics = []
+    while (queued := outbox.head()) is not None:
+        topics.append(queued.message.topic)
+        outbox.remove(queued.id)
+    outbox.close()
+    assert topics == ["feederd/feeder1/snapshot", "feederd/feeder1/alert"]

@@ -57,7 +57,7 @@ from feederd.mqtt.messages import (
     visit_payload,
 )
 from feederd.mqtt.outbox import Outbox, OutMessage
-from feederd.mqtt.sender import OutboxSender
+from feederd.mqtt.sender import SNAPSHOTS, OutboxSender
 from feederd.types import Alert, VisitSummary
 
 # The package's name, as before feederd.mqtt became a package: log lines and
@@ -107,6 +107,9 @@ class MqttLink(OutboxSender, Inbox):
         self._inflight = None
         self._memory = deque()
         self._memory_busy = self._idle = self._spilling = False
+        self._slots = {}
+        self._awaiting = {}
+        self._labels_of: dict[str, str] = {}  # alerts whose snapshots are being encoded
         self._beat = time.monotonic()
         self._latest: str | None = None  # the newest alert, also when the outbox is full
         self._model: bytes | None = None
@@ -184,29 +187,47 @@ class MqttLink(OutboxSender, Inbox):
         logger.info("MQTT stopped; %d message(s) left in the outbox", self.counters()
                     ["outbox_pending"])
 
-    def publish_alert(self, alert: Alert, snapshot_jpeg: bytes | None) -> None:
+    def publish_alert(self, alert: Alert, snapshot_jpeg: bytes | None, *,
+                      snapshot_follows: bool = False) -> None:
         """Queue the snapshots (latest and per species, retained), presence ON and the last
         alert (retained), and the alert (QoS 1, MQTT 5 reply properties); nothing while
-        alerts are paused."""
+        alerts are paused.
+
+        ``snapshot_follows``: the alert is stored now and its snapshots come later through
+        :meth:`publish_snapshot`; they still leave first.
+        """
         if self._paused:
             self._count("alerts_paused")
             logger.info("alert %s (%s) not sent: alerts are paused", alert.event_id,
                         alert.label)
             return
         payload = to_json(alert_payload(alert, self.topics.feedback))
-        messages = []
-        if snapshot_jpeg:
-            messages.append(OutMessage(self.topics.snapshot, snapshot_jpeg, qos=1, retain=True))
-            messages.append(OutMessage(self.topics.snapshot_of(alert.label), snapshot_jpeg,
-                                       qos=1, retain=True))
-        messages += [
+        snapshots = self._snapshot_messages(alert.label, snapshot_jpeg)
+        messages = [
             OutMessage(self.topics.presence, b"ON", qos=1, retain=True),
             OutMessage(self.topics.last_alert, payload, qos=1, retain=True),
             OutMessage(self.topics.alert, payload, qos=1, response_topic=self.topics.feedback,
                        correlation_data=alert.event_id.encode("utf-8")),
         ]
         self._latest = alert.event_id
-        self._enqueue(messages, {LATEST_ALERT: alert.event_id})
+        meta = {LATEST_ALERT: alert.event_id}
+        if snapshot_follows and not snapshots:
+            self._labels_of[alert.event_id] = alert.label
+            self._enqueue_before_snapshot(alert.event_id, messages, meta, gap=SNAPSHOTS)
+        else:
+            self._enqueue([*snapshots, *messages], meta)
+
+    def publish_snapshot(self, event_id: str, snapshot_jpeg: bytes | None) -> None:
+        """The snapshots of an alert stored with ``snapshot_follows`` (``None``: none come)."""
+        label = self._labels_of.pop(event_id, None)
+        if label is not None:  # else the alert was not sent (paused): nor are its snapshots
+            self._enqueue_snapshot(event_id, self._snapshot_messages(label, snapshot_jpeg))
+
+    def _snapshot_messages(self, label: str, jpeg: bytes | None) -> list[OutMessage]:
+        if not jpeg:
+            return []
+        return [OutMessage(self.topics.snapshot, jpeg, qos=1, retain=True),
+                OutMessage(self.topics.snapshot_of(label), jpeg, qos=1, retain=True)]
 
     def publish_visit(self, summary: VisitSummary) -> None:
         """Queue the visit summary and presence OFF (retained): the visit is over."""

@@ -86,20 +86,23 @@ class Outbox:
         self._db = _open(path)
         self._count: int = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
-    def put(self, messages: Sequence[OutMessage], meta: Mapping[str, str] | None = None) -> int:
+    def put(self, messages: Sequence[OutMessage], meta: Mapping[str, str] | None = None, *,
+            first_id: int | None = None) -> int:
         """Store ``messages`` (and ``meta`` values) in one transaction; return how many of the
         oldest were dropped to stay within the bound. Raises :class:`MqttError` if the disk
         refuses (full, read-only)."""
         try:
-            return self._put(messages, meta or {})
+            return self._put(messages, meta or {}, first_id)
         except sqlite3.Error as exc:
             raise MqttError(f"MQTT outbox {self.path}: cannot store ({exc})") from exc
 
-    def _put(self, messages: Sequence[OutMessage], meta: Mapping[str, str]) -> int:
+    def _put(self, messages: Sequence[OutMessage], meta: Mapping[str, str],
+             first_id: int | None) -> int:
         with self._lock:
             with self._db:  # one transaction; on error nothing changed, nor does _count
                 count = self._count - self._delete_gone()
-                count += sum(self._insert(message) for message in messages)
+                count += sum(self._insert(message, None if first_id is None else first_id + i)
+                             for i, message in enumerate(messages))
                 self._db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                      meta.items())
                 excess = max(0, count - self.max_messages)
@@ -114,16 +117,38 @@ class Outbox:
                            self.max_messages, excess)
         return excess
 
-    def _insert(self, message: OutMessage) -> int:
+    def put_with_gap(self, messages: Sequence[OutMessage], meta: Mapping[str, str] | None,
+                     gap: int) -> int:
+        """Store ``messages`` after ``gap`` free ids and return the first of those ids.
+
+        An alert is stored the moment it is decided, its snapshots (slow to encode) a little
+        later with :meth:`put_at` into the ids left free, so they still leave first. Raises
+        :class:`MqttError` like :meth:`put`.
+        """
+        try:
+            with self._lock:  # ids are never reused (AUTOINCREMENT): the next is seq + 1
+                found = self._db.execute(
+                    "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        except sqlite3.Error as exc:
+            raise MqttError(f"MQTT outbox {self.path}: cannot read ({exc})") from exc
+        first_free = (int(found[0]) if found else 0) + 1
+        self.put(messages, meta, first_id=first_free + gap)
+        return first_free
+
+    def put_at(self, messages: Sequence[OutMessage], first_id: int) -> int:
+        """Store ``messages`` under the ids :meth:`put_with_gap` left free."""
+        return self.put(messages, first_id=first_id)
+
+    def _insert(self, message: OutMessage, row_id: int | None = None) -> int:
         """Add one row (replacing a waiting retained one); return the change in row count."""
         replaced = 0
         if message.retain:
             replaced = self._db.execute("DELETE FROM outbox WHERE topic = ? AND retain = 1",
                                         (message.topic,)).rowcount
         self._db.execute(
-            "INSERT INTO outbox (topic, payload, qos, retain, props, created) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (message.topic, message.payload, message.qos, int(message.retain),
+            "INSERT INTO outbox (id, topic, payload, qos, retain, props, created) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row_id, message.topic, message.payload, message.qos, int(message.retain),
              _props_json(message), time.time()),
         )
         return 1 - replaced
@@ -137,11 +162,10 @@ class Outbox:
         """The oldest waiting message, or ``None``. Raises :class:`MqttError` if unreadable."""
         try:
             with self._lock:
-                # Messages leave in id order: every gone row is older than every waiting one.
-                after = max(self._gone, default=0)
                 row = self._db.execute(
-                    "SELECT id, topic, payload, qos, retain, props FROM outbox WHERE id > ? "
-                    "ORDER BY id LIMIT 1", (after,)).fetchone()
+                    "SELECT id, topic, payload, qos, retain, props FROM outbox WHERE id NOT IN "
+                    "(SELECT value FROM json_each(?)) ORDER BY id LIMIT 1",
+                    (json.dumps(sorted(self._gone)),)).fetchone()
         except sqlite3.Error as exc:
             raise MqttError(f"MQTT outbox {self.path}: cannot read ({exc})") from exc
         return None if row is None else _queued(row)

@@ -52,7 +52,10 @@ MEMORY_MAX_MESSAGES = 200
 MEMORY_MAX_BYTES = 8 * 2**20
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+SNAPSHOT_WAIT_S = 2.0  # an alert waits at most this long for its snapshots to be encoded
+SNAPSHOTS = 2  # messages per alert snapshot: the latest, and the latest of its species
 _MEMORY = -1  # the row id of a message taken from the in-memory queue
+_REFUSED = ReasonCode(PacketTypes.PUBACK, "Unspecified error")  # paho would not send it
 # Fault injection for the watchdog test: after this many deliveries the sender hangs, as a
 # deadlock would, so the test can see the daemon stop feeding systemd's watchdog.
 _HANG_AFTER = int(os.environ.get("FEEDERD_FAULT_SENDER_HANG_AFTER", "0"))
@@ -91,6 +94,8 @@ class OutboxSender:
     _beat: float  # monotonic time of the sender's last progress (or of new work arriving)
     _idle: bool  # the sender is waiting with nothing to send
     _spilling: bool  # the producer is writing the memory queue back to the outbox
+    _slots: dict[str, int]  # event id -> the first row id left free for its snapshots
+    _awaiting: dict[int, float]  # last free row id -> until when the sender waits for it
 
     # --- the producers' side (the events thread) ---
 
@@ -117,6 +122,46 @@ class OutboxSender:
         if spill:
             logger.warning("MQTT outbox stores again: %d message(s) moved from memory to disk",
                            len(spill))
+
+    def _enqueue_before_snapshot(self, event_id: str, messages: Sequence[OutMessage],
+                                 meta: Mapping[str, str], gap: int) -> None:
+        """Store an alert's messages now, leaving ``gap`` row ids before them for its
+        snapshots."""
+        with self._cond:
+            plain = bool(self._memory) or not self._cfg.enabled
+        if plain:  # messages wait in memory: keep it simple, in order
+            self._enqueue(messages, meta)
+            return
+        try:
+            slot = self._outbox.put_with_gap(messages, meta, gap)
+        except MqttError as exc:
+            self._count("outbox_errors")
+            self._keep_in_memory(messages, exc)
+            return
+        with self._cond:
+            self._slots[event_id] = slot
+            self._awaiting[slot + gap - 1] = time.monotonic() + SNAPSHOT_WAIT_S
+            self._wake()
+
+    def _enqueue_snapshot(self, event_id: str, snapshots: Sequence[OutMessage]) -> None:
+        """Store snapshots in the row ids their alert left free (else as any message)."""
+        with self._cond:
+            slot = self._slots.pop(event_id, None)
+            last = None if slot is None else slot + SNAPSHOTS - 1
+            if last is not None and last not in self._awaiting:
+                slot = None  # the sender stopped waiting: the alert may be out already
+        if snapshots and slot is None:
+            self._enqueue(snapshots)
+        elif snapshots and slot is not None:
+            try:
+                self._outbox.put_at(snapshots, slot)
+            except MqttError as exc:
+                self._count("outbox_errors")
+                self._keep_in_memory(snapshots, exc)
+        with self._cond:
+            if last is not None:
+                self._awaiting.pop(last, None)
+            self._wake()
 
     def _keep_in_memory(self, messages: Sequence[OutMessage], exc: MqttError) -> None:
         """The disk refused: queue in memory (bounded, oldest dropped first, counted)."""
@@ -196,11 +241,24 @@ class OutboxSender:
                 if self._stopping:
                     return None
             if (queued := self._outbox.head()) is not None:
+                if self._waited_for_snapshot(queued.id - 1):
+                    continue  # the snapshot may be the head now
                 return queued
             with self._cond:
                 if self._memory and not self._spilling:
                     self._memory_busy = True
                     return Queued(_MEMORY, self._memory[0])
+
+    def _waited_for_snapshot(self, slot: int) -> bool:
+        """If row ``slot`` is kept free for a snapshot being encoded, wait (briefly) for it."""
+        with self._cond:
+            deadline = self._awaiting.get(slot)
+            if deadline is None:
+                return False
+            self._cond.wait_for(lambda: slot not in self._awaiting or self._stopping,
+                                timeout=max(0.0, deadline - time.monotonic()))
+            self._awaiting.pop(slot, None)  # late: the alert goes without waiting longer
+            return True
 
     def _deliver(self, queued: Queued) -> None:
         """Publish one message and forget it once the broker has acknowledged it."""
@@ -209,6 +267,11 @@ class OutboxSender:
             self._inflight = flight
         try:
             self._publish_and_wait(queued.message, flight)
+        except (ValueError, TypeError) as exc:  # paho refuses this very message: drop it
+            logger.error("MQTT client refused a message on %s (%s); dropped it",
+                         queued.message.topic, exc)
+            self._count("publish_refused")
+            flight.done, flight.reason = True, _REFUSED
         finally:
             with self._cond:
                 self._inflight = None
@@ -220,7 +283,8 @@ class OutboxSender:
                         self._memory.popleft()
                 self._cond.notify_all()
         if flight.done:  # else stopping: the row stays for the next start
-            self._count_delivery(queued.message, flight.reason)
+            if flight.reason is not _REFUSED:
+                self._count_delivery(queued.message, flight.reason)
             self._forget(queued)
 
     def _publish_and_wait(self, message: OutMessage, flight: _InFlight) -> None:

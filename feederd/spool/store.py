@@ -76,7 +76,7 @@ class Spool(SpoolWriter):
         self._hashes = HashIndex()
         self._counters = dict.fromkeys(
             ("committed", "dropped_queue_full", "dropped_paused", "skipped_duplicates",
-             "write_errors", "evicted", "pauses", "invalid_jpeg"), 0)
+             "write_errors", "evicted", "pauses", "invalid_jpeg", "invalid_sample"), 0)
         self._paused = False
         self._wake = threading.Event()
         self._closing = self._closed = False

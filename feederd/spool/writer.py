@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import math
 import queue
 import shutil
 import sqlite3
@@ -18,6 +19,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from feederd.atomic import fsync_dir, write_bytes
 from feederd.config import SpoolConfig
@@ -86,6 +89,11 @@ class SpoolWriter:
             self._count_up("invalid_jpeg")
             logger.warning("sample of visit %s is not a JPEG; not spooled",
                            candidate.frame.visit_id)
+            return
+        if not _finite(candidate):
+            self._count_up("invalid_sample")
+            logger.warning("sample of visit %s has non-finite probabilities (a model fault); "
+                           "not spooled", candidate.frame.visit_id)
             return
         rank = label_rank(candidate.label_source)
         with self._state:
@@ -166,6 +174,9 @@ class SpoolWriter:
             for path in written:
                 with contextlib.suppress(OSError):
                     path.unlink()
+            if len(batch) > 1 and not _disk_full(exc):
+                # one bad sample must not cost the others: store them one by one
+                return sum(self._write_batch([pending]) for pending in batch)
             self._write_failed(exc, batch)
             return 0
         with self._state:
@@ -184,9 +195,7 @@ class SpoolWriter:
         return hashlib.sha256(data).digest(), len(data)
 
     def _write_failed(self, exc: Exception, batch: list[_Pending]) -> None:
-        full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
-            (isinstance(exc, sqlite3.Error) and "full" in str(exc).lower())
-        if full:
+        if _disk_full(exc):
             self._pause(f"disk full ({exc})")
             self._drop(batch, "dropped_paused")
         else:
@@ -292,6 +301,17 @@ class SpoolWriter:
     def _require_writer(self) -> None:
         if not self.writer:
             raise SpoolError("this spool was opened read-only; only the daemon changes it")
+
+
+def _disk_full(exc: Exception) -> bool:
+    return (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        (isinstance(exc, sqlite3.Error) and "full" in str(exc).lower())
+
+
+def _finite(candidate: Candidate) -> bool:
+    """A sample whose margin or probabilities are NaN cannot be indexed (nor taught from)."""
+    prediction = candidate.frame.prediction
+    return math.isfinite(prediction.margin) and bool(np.isfinite(prediction.probs).all())
 
 
 def _victims(rows: list[Any], count: int, size: int, cfg: SpoolConfig) -> list[Any]:

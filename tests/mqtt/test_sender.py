@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,13 @@ from test_daemon_spool import fill_disk
 
 import mqtt.test_link as link_tests
 from feederd.mqtt import MqttLink
-from feederd.mqtt.sender import MEMORY_MAX_MESSAGES
+from feederd.mqtt.outbox import Outbox, OutMessage
+from feederd.mqtt.sender import MEMORY_MAX_MESSAGES, SNAPSHOT_WAIT_S
 from mqtt.test_link import (
+    JPEG,
     TOPICS,
     Recorder,
+    alert,
     config,
     connected,
     event_ids,
@@ -121,3 +125,41 @@ def test_messages_kept_in_memory_move_to_disk_once_it_has_room_again(
     gate.open = True
     sentinel = send_sentinel_and_wait(link, recorder, probe)
     assert event_ids(probe) == [*in_memory, later, sentinel]
+
+
+def test_an_alert_stored_before_its_snapshot_waits_for_it_and_leaves_after_it(
+        broker: Mosquitto, make_link: Callable[..., MqttLink], recorder: Recorder) -> None:
+    probe = Probe(broker, TOPICS.alert, TOPICS.snapshot)
+    link = connected(make_link(config(broker.port)))
+    raised = alert()
+    link.publish_alert(raised, None, snapshot_follows=True)
+    time.sleep(0.5)  # the snapshot is being encoded: the alert does not leave without it
+    assert not probe.on(TOPICS.alert)
+    link.publish_snapshot(raised.event_id, JPEG)
+    wait_until(lambda: bool(probe.on(TOPICS.alert)), what="the alert")
+    assert [m.topic for m in probe.messages] == [TOPICS.snapshot, TOPICS.alert]
+
+
+def test_an_alert_whose_snapshot_never_comes_leaves_after_a_short_wait(
+        broker: Mosquitto, make_link: Callable[..., MqttLink], recorder: Recorder) -> None:
+    probe = Probe(broker, TOPICS.alert, TOPICS.snapshot)
+    link = connected(make_link(config(broker.port)))
+    raised = alert()
+    link.publish_alert(raised, None, snapshot_follows=True)
+    wait_until(lambda: bool(probe.on(TOPICS.alert)), SNAPSHOT_WAIT_S + 5, "the alert")
+    link.publish_snapshot(raised.event_id, JPEG)  # late: it goes out after the alert
+    wait_until(lambda: bool(probe.on(TOPICS.snapshot)), what="the late snapshot")
+    assert [m.topic for m in probe.messages] == [TOPICS.alert, TOPICS.snapshot]
+
+
+def test_a_stored_message_the_client_refuses_is_dropped_and_the_ones_behind_it_go(
+        tmp_path: Path, broker: Mosquitto, make_link: Callable[..., MqttLink],
+        recorder: Recorder) -> None:
+    stored = Outbox(tmp_path / "outbox.db", 100)  # as an older version might have left it
+    stored.put([OutMessage(f"{TOPICS.base}/#", b"wildcards cannot be published")])
+    stored.close()
+    probe = Probe(broker, TOPICS.alert)
+    link = connected(make_link(config(broker.port)))
+    send_sentinel_and_wait(link, recorder, probe)
+    counts = link.counters()
+    assert counts["publish_refused"] == 1 and counts["sender_errors"] == 0
