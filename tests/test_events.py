@@ -107,8 +107,11 @@ def test_an_alert_is_stored_ahead_of_the_events_queued_before_it_and_its_snapsho
     gate = threading.Event()
     stored_when_seen: list[int] = []
 
+    busy = threading.Event()
+
     class Snooper(Recorder):
         def on_classified(self, frame: ClassifiedFrame) -> None:
+            busy.set()
             super().on_classified(frame)
             stored_when_seen.append(link.counters()["outbox_pending"])
 
@@ -116,16 +119,20 @@ def test_an_alert_is_stored_ahead_of_the_events_queued_before_it_and_its_snapsho
     events.start()
     for seq in range(20):  # the worker is held up by the first; 19 wait behind it
         events.on_classified(classified(seq))
+    assert busy.wait(10)
     events.on_alert(Alert("20261201T000000.000Z-00000001", 0.0, "cardinal", 0.9, 0.5, 4,
                           "v1", snapshot=np.full((720, 1280, 3), 90, np.uint8)))
     gate.set()
     events.stop()
     link.stop(timeout=0.5)
-    assert stored_when_seen[1:] == [1] * 19  # the alert, and its snapshot not yet
+    # from the second frame on: the alert's messages are stored, its snapshots not yet
+    before, after = stored_when_seen[0], stored_when_seen[1]
+    assert after > before and stored_when_seen[1:] == [after] * 19
     outbox = Outbox(tmp_path / "outbox.db", 100)
     topics = []
     while (queued := outbox.head()) is not None:
         topics.append(queued.message.topic)
         outbox.remove(queued.id)
     outbox.close()
-    assert topics == ["feederd/feeder1/snapshot", "feederd/feeder1/alert"]
+    assert topics[:2] == ["feederd/feeder1/snapshot", "feederd/feeder1/snapshot/cardinal"]
+    assert topics[-1] == "feederd/feeder1/alert"
