@@ -17,11 +17,12 @@ import logging
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from feederd.config import VisitsConfig
+from feederd.mining.imagehash import hash_thumbnail
 from feederd.task import Task, resolve_species
 from feederd.types import (
     Alert,
@@ -152,7 +153,10 @@ class VisitTracker:
             decision.of_interest, crop_box=crop_box, motion_box=motion_box,
             motion_area=max((m[1] for m in moved), default=0.0),
             motion_live=max((m[2] for m in moved), default=0.0), foreground=foreground)
-        visit.frames.append(classified)
+        # The visit keeps only what mining at close hashes: the crops themselves (a megabyte
+        # each at 1280x720) go to the byte-bounded recent-visit store, and a long visit
+        # holding every raw crop would grow without bound (3 a second for up to max_visit_s).
+        visit.frames.append(replace(classified, crop=hash_thumbnail(crop)))
         visit.votes[decision.label] += 1
         visit.confidence_sum[decision.label] += decision.confidence
         if decision.of_interest and decision.confidence > visit.best_score:
@@ -192,7 +196,9 @@ class VisitTracker:
         )
 
     def close(self, end_wall: float) -> tuple[VisitSummary, list[ClassifiedFrame]] | None:
-        """End the visit: its summary, and its frames for mining."""
+        """End the visit: its summary, and its frames for mining (each ``crop`` reduced to its
+        :func:`~feederd.mining.imagehash.hash_thumbnail`; the full crops went out with
+        ``on_classified``)."""
         visit, self._visit = self._visit, None
         if visit is None:
             return None

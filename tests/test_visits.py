@@ -133,3 +133,15 @@ class TestRateAndSummary:
         ids = [t.open(frame(i, float(i)), float(i)) for i in range(50)]
         assert len(set(ids)) == 50
         assert ids == sorted(ids)
+
+
+class TestMemory:
+    def test_a_long_visit_keeps_hash_thumbnails_not_its_megabyte_crops(self, tracker):
+        crop = np.random.default_rng(1).integers(0, 256, (720, 720, 3), dtype=np.uint8)
+        for i in range(300):  # 100 s at classify_fps 3: 460 MB of raw crops before the fix
+            tracker.add(frame(i, i / 3), prediction("blue_jay", 0.9), None, crop, "v1")
+        closed = tracker.close(1_700_000_100.0)
+        assert closed is not None
+        frames = closed[1]
+        assert len(frames) == 300
+        assert sum(f.crop.nbytes for f in frames) <= 300 * 72 * 64

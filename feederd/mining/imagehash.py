@@ -27,12 +27,13 @@ def popcount_table(values: np.ndarray) -> np.ndarray:
 popcount = getattr(np, "bitwise_count", popcount_table)
 
 
-def dhash(image: np.ndarray) -> int:
-    """The 64-bit difference hash of a BGR or grey image (any size, any dtype cv2 resizes)."""
+def hash_thumbnail(image: np.ndarray) -> np.ndarray:
+    """The small grey image :func:`dhash` hashes (at most 72x64): ``dhash`` of it equals
+    ``dhash`` of ``image``, so a visit can keep this instead of a megabyte-sized crop."""
     import cv2  # here, not at import: the spool CLI needs this module but never hashes
 
     if image.size == 0:
-        raise ValueError("cannot hash an empty image")
+        return image
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else
                              cv2.COLOR_BGRA2GRAY)
@@ -40,7 +41,17 @@ def dhash(image: np.ndarray) -> int:
     # 72x64 step (an exact 8x shrink of the target) halves its cost on typical crops.
     if image.shape[0] > 64 and image.shape[1] > 72:
         image = cv2.resize(image, (72, 64), interpolation=cv2.INTER_AREA)
-    small = cv2.resize(image, (9, 8), interpolation=cv2.INTER_AREA).astype(np.int16)
+    return image
+
+
+def dhash(image: np.ndarray) -> int:
+    """The 64-bit difference hash of a BGR or grey image (any size, any dtype cv2 resizes)."""
+    import cv2
+
+    if image.size == 0:
+        raise ValueError("cannot hash an empty image")
+    small = cv2.resize(hash_thumbnail(image), (9, 8),
+                       interpolation=cv2.INTER_AREA).astype(np.int16)
     bits = (small[:, 1:] > small[:, :-1]).reshape(-1)
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 

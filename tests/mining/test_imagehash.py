@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from feederd.mining.imagehash import HashIndex, hamming, popcount_table
+from feederd.mining.imagehash import HashIndex, dhash, hamming, hash_thumbnail, popcount_table
 
 
 def test_the_lookup_table_popcount_agrees_with_python_on_random_64_bit_values() -> None:
@@ -33,3 +33,13 @@ def test_nearest_ignores_removed_and_lower_ranked_hashes() -> None:
     index.remove(3)
     assert index.nearest(0xFF, min_rank=1) == 4
     assert index.nearest(0xFF) == 0
+
+
+def test_the_hash_thumbnail_of_a_crop_hashes_exactly_like_the_crop() -> None:
+    rng = np.random.default_rng(7)
+    crops = [rng.integers(0, 256, shape, dtype=np.uint8)
+             for shape in ((720, 540, 3), (300, 300, 3), (50, 40, 3), (200, 90))]
+    for crop in crops:
+        thumb = hash_thumbnail(crop)
+        assert thumb.shape[0] <= 64 or thumb.shape[1] <= 72
+        assert dhash(thumb) == dhash(crop)
