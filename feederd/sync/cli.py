@@ -91,9 +91,12 @@ def cmd_init(ctx: Context) -> int:
 
         with ctx.workspace.lock():
             result = init_from_bundle(ctx.workspace, ctx.config.training, Path(args.from_bundle))
+        evaluate(ctx.workspace, alert_confidence=ctx.alert_confidence(),
+                 tolerance=ctx.config.training.tolerance, progress=ctx.progress)
         ctx.emit(result.as_dict(), lambda d: (
             f"baseline {d['version']} for device '{ctx.device}': the shipped bundle "
-            f"{d['file']}\nnext: 'feeder-sync loop' once the owner has rejected a few alerts"))
+            f"{d['file']}\nnext: 'feeder-sync push', then 'feeder-sync loop' once the owner "
+            "has rejected a few alerts"))
         return EXIT_OK
     if (done := _init_device_only(ctx)) is not None:
         return done

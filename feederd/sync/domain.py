@@ -85,6 +85,30 @@ class DeviceView:
         return detector.detect(Frame(1, 0.1, 0.0, frame, grey)).box
 
 
+def empty_scenes(view: ViewConfig, count: int, seed: int = 0) -> list[np.ndarray]:
+    """What the device classifies when nothing is there: crops of the empty feeder.
+
+    A visit does not end when the animal leaves: the frames after it still differ from the
+    background, so the classifier sees the motion box on the empty feeder (and lighting
+    changes move the whole frame). A base dataset of bird photos never shows that, and a head
+    trained on it may call the empty feeder a species on every visit. These crops (the
+    empty frame at lighting levels from 0.7x to 1.3x, boxes of an animal's sizes anywhere in
+    the frame, sensor noise, the device's crop and JPEG) train as nothing of interest.
+    """
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for n in range(count):
+        level = BACKGROUND_GREY * (0.7 + 0.6 * n / max(1, count - 1))
+        noise = rng.normal(0, 2.0, (view.height, view.width, 1))
+        frame = np.clip(level + noise, 0, 255).astype(np.uint8).repeat(3, axis=2)
+        side = int(rng.uniform(0.2, 0.8) * min(view.width, view.height))
+        x, y = int(rng.integers(0, view.width - side)), int(rng.integers(0, view.height - side))
+        box = Box(x, y, side, side) if view.crop == "motion" else None
+        scenes.append(jpeg_roundtrip(square_crop(frame, box, view.crop_expand),
+                                     view.jpeg_quality))
+    return scenes
+
+
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     """``image`` as a mined sample stores it: JPEG at ``quality``, decoded again."""
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])

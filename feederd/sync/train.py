@@ -174,8 +174,8 @@ def cap_negatives(items: Sequence[Item], negatives: set[str], per_positive: floa
     if len(negative) <= limit:
         return list(items), 0
     rng = np.random.default_rng(seed)
-    mined = [i for i in negative if i.source == "mined"]
-    base = [i for i in negative if i.source != "mined"]
+    mined = [i for i in negative if i.source in ("mined", "scene")]
+    base = [i for i in negative if i.source not in ("mined", "scene")]
     keep = _sample(mined, limit, rng) + _sample(base, max(0, limit - len(mined)), rng)
     return positives + keep, len(negative) - len(keep)
 
@@ -307,7 +307,9 @@ def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
            mined: Sequence[Item], progress: bool) -> tuple[_Data, int]:
     base = scan_folder(Path(setup["data"]))
     train_items, test_items = split(base, float(setup["holdout"]), int(setup["seed"]))
-    photos, mined = [*train_items, *test_items], list(mined)
+    photos = [*train_items, *test_items]
+    scenes = _scene_items(workspace, setup, cfg)
+    train_items, mined = [*train_items, *scenes], [*scenes, *mined]
     cache = VectorCache(workspace.cache_path)
     try:
         rendered, frames = embedders(workspace, setup, cfg.view, cache, cfg.threads,
@@ -323,6 +325,28 @@ def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
                  dict(zip(keys, [*sha_photos, *sha_mined], strict=True)))
     computed = rendered.computed + (frames.computed if frames is not rendered else 0)
     return data, computed
+
+
+def _scene_items(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig
+                 ) -> list[Item]:
+    """The empty-feeder crops of :func:`feederd.sync.domain.empty_scenes` as files in the
+    workspace (written once per view), labelled with the base negative label."""
+    import cv2
+
+    from feederd.sync.domain import empty_scenes, view_key
+
+    negatives = sorted(setup.get("base_negative_labels") or setup["negative_labels"])
+    if cfg.view.domain == "photo" or not cfg.view.empty_scenes or not negatives:
+        return []
+    folder = workspace.dir / "scenes" / safe_name(view_key(cfg.view))
+    paths = [folder / f"{n:04d}.jpg" for n in range(cfg.view.empty_scenes)]
+    if not all(p.exists() for p in paths):
+        folder.mkdir(parents=True, exist_ok=True)
+        for path, scene in zip(paths, empty_scenes(cfg.view, len(paths), cfg.seed),
+                               strict=True):
+            write_bytes(path, cv2.imencode(".jpg", scene, [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+                        .tobytes())
+    return [Item(p, negatives[0], "scene", f"scene:{p.name}") for p in paths]
 
 
 def _out_of_fold(items: Sequence[Item], x: np.ndarray, y: Sequence[str], full: Head,

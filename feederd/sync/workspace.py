@@ -124,6 +124,9 @@ class ViewConfig(_Strict):
                                description="The device's classifier.crop_expand.")
     jpeg_quality: int = Field(MiningConfig().jpeg_quality, ge=30, le=100, description="The "
                               "device's mining.jpeg_quality.")
+    empty_scenes: int = Field(24, ge=0, le=1000, description="Crops of the empty feeder "
+                              "(lighting levels, box sizes) trained as nothing of interest "
+                              "with the base photos; 0: none.")
 
 
 class TrainingConfig(_Strict):

@@ -46,7 +46,9 @@ class TestInit:
         assert bundle.negative_labels == {"other"}
         assert bundle.parent_version is None and bundle.created
         train_items, _ = split(scan_folder(dataset), CFG.holdout, 0)
-        assert sum(bundle.trained_on.values()) == len(train_items) < sum(COUNTS.values())
+        scenes = CFG.view.empty_scenes  # crops of the empty feeder, trained as 'other'
+        assert sum(bundle.trained_on.values()) == len(train_items) + scenes
+        assert len(train_items) < sum(COUNTS.values())
         assert bundle.metrics["mean_species_recall"] > 0.8
         assert st["models"][version]["gate"] == "n/a"
         assert (setup.workspace / "reports" / version / "report.md").exists()
@@ -60,7 +62,8 @@ class TestInit:
         assert st["baseline"] != first
         assert "other_field" not in st["models"][st["baseline"]]["trained_on"]
         train_items, _ = split(scan_folder(dataset), CFG.holdout, 0)
-        assert sum(st["models"][st["baseline"]]["trained_on"].values()) == len(train_items)
+        assert sum(st["models"][st["baseline"]]["trained_on"].values()) == \
+            len(train_items) + CFG.view.empty_scenes
 
     def test_a_negative_label_without_a_folder_is_bad_input(self, tmp_path: Path,
                                                             backbone: Path,
@@ -104,7 +107,8 @@ class TestTrain:
         ws = Workspace(setup.tmp / "workspace", "feeder")
         result = train(ws, CFG.model_copy(update={"field_class": False}))
         assert result.labels == ["jay", "other", "robin"]
-        assert result.trained_on["other"] == 32 + 4  # 40 base photos less the 20% held out
+        # 40 base photos less the 20% held out, the empty-feeder crops, 4 field negatives
+        assert result.trained_on["other"] == 32 + CFG.view.empty_scenes + 4
 
     def test_the_bundle_gives_the_heads_probabilities_and_the_raw_embedding(
             self, setup: Setup) -> None:
