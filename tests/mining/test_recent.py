@@ -11,7 +11,8 @@ from feederd.mining.recent import RecentVisits
 from feederd.types import ClassifiedFrame, Prediction
 
 SIDE = 64
-RAW = SIDE * SIDE * 3
+SCORES = 2 * 4  # the two float32 scores each test frame carries, counted with its picture
+RAW = SIDE * SIDE * 3 + SCORES  # one raw frame as the store counts it
 
 
 def crop(seed: int) -> np.ndarray:
@@ -70,7 +71,7 @@ def test_closing_a_visit_keeps_only_the_chosen_frames_as_jpeg() -> None:
     assert frames[0].crop.shape == (SIDE, SIDE, 3)
     stats = recent.stats()
     assert stats["raw_bytes"] == 0 and stats["encoded"] == 2
-    assert stats["bytes"] == sum(len(recent.jpeg("v1", s) or b"") for s in (1, 4))
+    assert stats["bytes"] == sum(len(recent.jpeg("v1", s) or b"") + SCORES for s in (1, 4))
 
 
 def test_closing_without_a_choice_keeps_every_frame() -> None:
@@ -148,3 +149,11 @@ def test_concurrent_adds_reads_and_expiry_keep_the_bound() -> None:
     recent.expire(now_mono=10**6)  # everything expires: the accounting must return to zero
     assert (recent.stats()["visits"], recent.stats()["bytes"], recent.stats()["raw_bytes"]) \
         == (0, 0, 0)
+
+
+def test_the_bound_counts_a_frames_scores_and_embedding_not_only_its_picture() -> None:
+    recent = store()
+    probs = np.full(965, 1 / 965, np.float32)  # AIY Birds V1: 965 classes, 1280-d embedding
+    pred = Prediction(("crow", "other"), (0.7, 0.3), probs, np.zeros(1280, np.float32))
+    recent.add(ClassifiedFrame("v1", 1, 0.0, 1000.0, pred, None, crop(1), True))
+    assert recent.stats()["bytes"] == SIDE * SIDE * 3 + 965 * 4 + 1280 * 4
