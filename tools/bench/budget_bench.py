@@ -17,7 +17,8 @@ picamera2 hands over raw frames (no decode); a USB camera sends MJPEG, decoded h
 ``cv2.imdecode`` at the same size and rate; a file or RTSP stream needs a video decoder.
 
 Scenarios, each printed with min/median/max over ``--repeat`` interleaved runs:
-- visits per hour 0, 60, 600 (empty spool and outbox);
+- visits per hour 0, 60, 600 (empty spool and outbox), and the empty feeder without the motion
+  gate at the same ``classify_fps`` (what the gate saves);
 - a spool already holding 10,000 samples (60 visits per hour);
 - an outbox backlog of 10,000 alerts queued during an outage, delivered while running;
 - a 30-day run simulated as fast as possible (``--visits-per-day``, the media clock jumping over
@@ -45,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import Spread
+from frigate_motion import NoGate
 from motion_bench import load_frames, shared_clips
 from mqtt_bench import start_broker
 
@@ -175,7 +177,8 @@ def _open_files() -> int:
 
 
 def run_daemon(model: Path, state: Path, port: int, frames: Iterator[tuple[float, np.ndarray]],
-               outbox_max: int = 1000) -> tuple[float, float, int, dict[str, int]]:
+               outbox_max: int = 1000, gate: bool = True
+               ) -> tuple[float, float, int, dict[str, int]]:
     """(process CPU seconds, wall seconds, frames, counters) of one real daemon over ``frames``."""
     settings = load_settings(None, state_dir=str(state),
                              camera={"source": "demo", "realtime": False},
@@ -185,6 +188,14 @@ def run_daemon(model: Path, state: Path, port: int, frames: Iterator[tuple[float
     daemon = Daemon(settings)
     camera = SyntheticCamera(frames)
     daemon._init_source = lambda: setattr(daemon, "_source", camera)  # type: ignore[method-assign]
+    if not gate:  # every frame counts as motion: the classifier's rate cap is the only saving
+        build = daemon._init_pipeline
+
+        def ungated() -> None:
+            build()
+            daemon.pipeline._detector = NoGate()  # type: ignore[assignment]
+
+        daemon._init_pipeline = ungated  # type: ignore[method-assign]
     cpu0, wall0 = time.process_time(), time.perf_counter()
     daemon.run()
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -284,19 +295,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def rates(args: argparse.Namespace, scene: Scene, root: Path, port: int, startup: float) -> None:
     print(f"\nvisits per hour ({args.minutes:g} camera minutes per run, interleaved):")
-    results: dict[float, list[float]] = {0: [], 60: [], 600: []}
-    notes: dict[float, str] = {}
+    sides = {"0 visits/hour": (0, True), "60 visits/hour": (60, True),
+             "600 visits/hour": (600, True), "0 visits/hour, no motion gate": (0, False)}
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    notes: dict[str, str] = {}
+    names = list(sides)
     for r in range(args.repeat):
-        order = list(results)[r % 3:] + list(results)[:r % 3]
-        for per_hour in order:
-            state = root / f"rate-{per_hour}-{r}"
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            per_hour, gate = sides[name]
+            state = root / f"rate-{per_hour}-{gate}-{r}"
             cpu, wall, frames, counters = run_daemon(
-                args.model, state, port, schedule(scene, args.minutes, per_hour))
-            results[per_hour].append(per_minute(cpu, startup, frames))
-            notes[per_hour] = (f"[{counters['visits']} visits, {counters['classified']} "
-                               f"classified, {counters['alerts']} alerts, wall {wall:.0f} s]")
-    for per_hour, values in results.items():
-        report(f"{per_hour:g} visits/hour", values, notes[per_hour])
+                args.model, state, port, schedule(scene, args.minutes, per_hour), gate=gate)
+            results[name].append(per_minute(cpu, startup, frames))
+            notes[name] = (f"[{counters['visits']} visits, {counters['classified']} "
+                           f"classified, {counters['alerts']} alerts, wall {wall:.0f} s]")
+    for name, values in results.items():
+        report(name, values, notes[name])
+    ratios = [g / n for g, n in zip(results["0 visits/hour"],
+                                     results["0 visits/hour, no motion gate"], strict=True)]
+    print(f"  empty feeder: gated / ungated CPU = {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}) at the same classify_fps")
 
 
 def grown(args: argparse.Namespace, scene: Scene, root: Path, port: int, startup: float,

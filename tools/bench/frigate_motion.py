@@ -91,7 +91,20 @@ class ImprovedMotion:
             self.motion_frame_count = 0
 
 
-class FrigateGate:
+class _NoEvidence:
+    """What the pipeline asks of feederd's detector for mining evidence (the empty-feeder
+    background at a visit's start): the peers offer none, so mining there works without it,
+    and feederd's side alone pays for computing it."""
+
+    quiet_before = 0
+    threshold = 30
+    grey = np.zeros((1, 1), np.uint8)
+
+    def background(self) -> np.ndarray | None:
+        return None
+
+
+class FrigateGate(_NoEvidence):
     """Frigate's detector behind feederd's ``detect(frame) -> MotionResult`` interface."""
 
     def __init__(self) -> None:
@@ -112,7 +125,7 @@ class FrigateGate:
         return MotionResult(True, float(area), Box(x0, y0, x1 - x0, y1 - y0))
 
 
-class NoGate:
+class NoGate(_NoEvidence):
     """No motion gate: every frame counts as motion, classified at ``classify_fps``.
 
     What the pipeline would cost if the classifier's rate cap were the only saving; the
