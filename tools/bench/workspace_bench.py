@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from benchutil import Spread  # noqa: E402
 from sync.conftest import COUNTS, init_args  # noqa: E402
 from sync.helpers import (  # noqa: E402
-    add_samples,
     jpeg,
     make_backbone,
     make_dataset,
@@ -43,6 +43,11 @@ from sync.helpers import (  # noqa: E402
     sync_config,
     write_toml,
 )
+
+from feederd.config import SpoolConfig  # noqa: E402
+from feederd.mining.decisions import Candidate  # noqa: E402
+from feederd.spool import Spool  # noqa: E402
+from feederd.types import ClassifiedFrame, Prediction  # noqa: E402
 
 KINDS = ("robin", "jay", "other", "squirrel")
 
@@ -63,9 +68,22 @@ def mine(tmp: Path, start: int, count: int) -> None:
         label = "other" if kind == "squirrel" else kind
         samples.append((jpeg(photo(kind, 100_000 + n)), label, "user",
                         ["rejected" if label == "other" else "confirmed"]))
-    for offset in range(0, len(samples), 5000):
-        add_samples(spool_dir(tmp), samples[offset:offset + 5000],
-                    visit=f"20250101T000000.000Z-{start + offset:08d}")
+    # Straight into the device's spool, bounded as the device config above says (the tests'
+    # add_samples would open it with the default bound of 10,000 and evict).
+    cfg = SpoolConfig(commit_interval_s=0, max_count=1_000_000, max_bytes=10**11)
+    with Spool(spool_dir(tmp), cfg, dedup_distance=0) as store:
+        for n, (data, label, source, reasons) in enumerate(samples, start):
+            prediction = Prediction(labels=("robin", "other"), scores=(0.8, 0.2),
+                                    probs=np.array([0.8, 0.2], np.float32))
+            frame = ClassifiedFrame(visit_id=f"20250101T000000.000Z-{n // 8:08d}", seq=n,
+                                    mono=float(n), wall=time.time(), prediction=prediction,
+                                    box=None, crop=np.zeros((2, 2, 3), np.uint8),
+                                    of_interest=True)
+            store.put(Candidate(frame, tuple(reasons), label, source, 1.0, n + 1),  # type: ignore[arg-type]
+                      data, "v0")
+            if n % 1000 == 999:
+                store.flush()
+        store.flush()
 
 
 def timed(config: Path, *args: str) -> float:
