@@ -161,6 +161,7 @@ def test_the_alerts_switch_pauses_alerts_across_a_restart_and_resumes_them(
     again = connected(make_link(config(broker.port)))
     raise_alert(again, recorder)
     assert again.counters()["alerts_paused"] == 1
+    Probe(broker, TOPICS.alerts).wait_for(TOPICS.alerts)  # the broker has the new link's state
     [state] = Probe(broker, TOPICS.alerts).wait_for(TOPICS.alerts)
     assert (state.payload, state.retain) == (b"OFF", True)
     probe.publish(TOPICS.alerts_set, "ON")
@@ -224,6 +225,9 @@ def test_stats_are_retained_with_the_last_error(
     link = connected(make_link(config(broker.port)))
     logging.getLogger("feederd.spool").error("disk on fire\nsecond line")
     link.publish_stats({"frames": 1})
+    # Once a first subscriber has it, the broker holds it; a later one gets the retained copy
+    # (a subscriber that was already there when it arrived sees retain=False).
+    Probe(broker, TOPICS.stats).wait_for(TOPICS.stats)
     [stats] = Probe(broker, TOPICS.stats).wait_for(TOPICS.stats)
     document = json.loads(stats.payload)
     assert stats.retain and document["frames"] == 1
