@@ -4,8 +4,8 @@
 It needs root, systemd-nspawn and debootstrap (the roots are built once and cached in
 /var/cache/feederd-pi-roots), and takes minutes: ~3 min per release with cached roots, ~8 min
 more to build both roots. Skipped where those are missing (a failure under CI and with
-FEEDERD_REQUIRE_SHARED_DATA=1: tests/prerequisites.py); .ci/run runs the script as its own
-step, with its own time limit, after the rest of the suite.
+FEEDERD_REQUIRE_SHARED_DATA=1: tests/prerequisites.py). The test carries its own time limit;
+`-m "not pi_emulation"` leaves it out of a quick run.
 """
 
 from __future__ import annotations
