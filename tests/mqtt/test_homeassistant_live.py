@@ -168,6 +168,7 @@ def test_the_reload_model_button_makes_the_daemon_load_its_model_again(scene: Sc
     scene.ha.call("button", "press", f"button.{NODE}_reload_model")
     wait_until(lambda: scene.daemon.log.count("now classifying with model") > before, 60,
                "the daemon to reload its model")
+    assert scene.daemon.log.count("now classifying with model") == before + 1  # once per press
 
 
 def test_the_documented_phone_action_rejects_the_event_it_names(
