@@ -162,10 +162,11 @@ def notify_socket(tmp_path: Path):
 
 
 class TestSystemdNotify:
-    def start(self, tmp_path: Path, notify: NotifySocket, **env: str) -> DaemonProcess:
+    def start(self, tmp_path: Path, notify: NotifySocket, watchdog_s: float = 0.4,
+              **env: str) -> DaemonProcess:
         config = write_config(tmp_path / "feederd.toml", base_config(tmp_path))
         return DaemonProcess(config, env={"NOTIFY_SOCKET": str(notify.path),
-                                          "WATCHDOG_USEC": "400000", **env})
+                                          "WATCHDOG_USEC": str(int(watchdog_s * 1e6)), **env})
 
     def test_ready_is_sent_once_camera_and_model_are_up(self, tmp_path, notify_socket):
         daemon = self.start(tmp_path, notify_socket)
@@ -178,15 +179,17 @@ class TestSystemdNotify:
 
     def test_the_frame_loop_pings_the_watchdog_at_half_the_interval(self, tmp_path,
                                                                      notify_socket):
-        daemon = self.start(tmp_path, notify_socket)
+        # A 2 s interval (pings due every second) leaves a loaded 2-core machine room to
+        # schedule the loop; the frame loop runs at 10 fps, so one ping per frame would show.
+        daemon = self.start(tmp_path, notify_socket, watchdog_s=2.0)
         try:
-            wait_until(lambda: len(notify_socket.times("WATCHDOG=1")) >= 8, 60, "8 pings")
+            wait_until(lambda: len(notify_socket.times("WATCHDOG=1")) >= 6, 60, "6 pings")
         finally:
             daemon.stop()
         pings = notify_socket.times("WATCHDOG=1")
         gaps = [b - a for a, b in itertools.pairwise(pings)]
-        assert max(gaps[1:]) < 0.4, gaps  # never past the watchdog interval
-        assert min(gaps) > 0.1, gaps       # rate-limited, not one per frame
+        assert max(gaps[1:]) < 2.0, gaps  # never past the watchdog interval
+        assert min(gaps) > 0.5, gaps       # rate-limited, not one per frame
 
     def test_a_stalled_frame_loop_stops_pinging(self, tmp_path, notify_socket):
         daemon = self.start(tmp_path, notify_socket, FEEDERD_FAULT_STALL_AFTER_FRAMES="20")
