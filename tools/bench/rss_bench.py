@@ -6,15 +6,20 @@
 Each run is a fresh ``feederd run`` process replaying the first shared feeder clip with MQTT off
 (the same configuration as ``pipeline_bench.py``'s RSS figure), or ``--source`` (another clip or
 a photo folder). Inside it a sampler thread records the process's RSS every 10 ms; at the end
-the child prints its VmHWM, its RSS split into anonymous and file-backed pages at the peak
-sample, and the mappings holding most of it (read from ``/proc/self/smaps`` at that moment).
-Two more fresh processes measure the floor: RSS after importing only numpy, OpenCV and
-onnxruntime, and after importing :mod:`feederd.daemon`.
+the child prints its VmHWM, its RSS split into anonymous and file-backed pages after the
+imports, after the model has loaded (``Daemon._init_classifier``: session, warm-up, the check
+on real frames) and at the peak sample, and every mapping's share of the peak (read from
+``/proc/self/smaps`` at that moment). One more fresh process imports, step by step, what
+``import feederd.daemon`` pulls in, so each import's cost is seen on its own.
 
 ``--env`` repeats the daemon runs with environment settings (glibc, OpenBLAS, OpenCV knobs) in
-interleaved rounds, so a knob is judged against the plain run under the same load.
+interleaved rounds, so a knob is judged against the plain run under the same load;
+``--env PYTHONPATH=/work/main`` compares another checkout the same way. Interleave: how many
+library pages are resident depends on what the page cache holds, which drifts by a few MB
+between runs minutes apart.
 File-backed pages (shared library code actually executed) count in RSS and in VmHWM although
 the kernel may drop them; the split shows how much of the peak no setting of ours can free.
+A library mapping's "anon" part is its relocated or written data (copy-on-write pages).
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ from motion_bench import DEFAULT_SHARED, shared_clips
 from feederd.assets import default_model_path
 
 TARGET_MB = 150.0
-TOP_MAPPINGS = 8
+TOP_MAPPINGS = 12
+IMPORT_STEPS = ("numpy", "cv2", "onnxruntime", "pydantic", "feederd.config", "feederd.spool",
+                "feederd.jobs", "feederd.daemon")
 
 # Runs inside the measured process; kept free of feederd imports until ``main`` is called.
 CHILD = r"""
@@ -45,14 +52,14 @@ def status():
     return {line.split(":")[0]: int(line.split()[1]) / 1024
             for line in open("/proc/self/status") if line.startswith(keys)}
 def mappings():
-    sizes, name = collections.Counter(), "[anon]"
+    sizes, name = collections.defaultdict(lambda: [0.0, 0.0]), "[anon]"
     for line in open("/proc/self/smaps"):
         if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
             parts = line.split()
             name = parts[5].rsplit("/", 1)[-1] if len(parts) > 5 else "[anon]"
-        elif line.startswith("Rss:"):
-            sizes[name] += int(line.split()[1]) / 1024
-    return sizes
+        elif line.startswith(("Rss:", "Anonymous:")):
+            sizes[name][line.startswith("Anonymous:")] += int(line.split()[1]) / 1024
+    return dict(sizes)
 peak = {"VmRSS": 0.0}
 def sample():
     while True:
@@ -62,15 +69,32 @@ def sample():
         time.sleep(0.01)
 threading.Thread(target=sample, daemon=True).start()
 from feederd.cli import main
+from feederd.daemon import Daemon
+phases = {"imports": status()}
+init_classifier = Daemon._init_classifier
+def timed_init(self):
+    init_classifier(self)
+    phases["model loaded"] = status()
+Daemon._init_classifier = timed_init
 rc = main(sys.argv[1:])
 time.sleep(0.05)
 peak["VmHWM"] = status()["VmHWM"]
+peak["phases"] = phases
 print(json.dumps(peak))
 sys.exit(rc)
 """
 
-FLOOR = ("import json; {imports}; print(json.dumps({{l.split(':')[0]: int(l.split()[1]) / 1024 "
-         "for l in open('/proc/self/status') if l.startswith(('VmRSS', 'RssAnon', 'RssFile'))}}))")
+STEPS = r"""
+import importlib, json, sys
+def status():
+    return {l.split(':')[0]: int(l.split()[1]) / 1024 for l in open('/proc/self/status')
+            if l.startswith(('VmRSS', 'RssAnon', 'RssFile'))}
+steps = [("python", status())]
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    steps.append((name, status()))
+print(json.dumps(steps))
+"""
 
 
 def run_daemon(model: Path, clip: Path, env: dict[str, str]) -> dict:
@@ -80,17 +104,19 @@ def run_daemon(model: Path, clip: Path, env: dict[str, str]) -> dict:
         config.write_text(f'state_dir = "{tmp}"\n[camera]\nsource = "{clip.resolve()}"\n'
                           f'realtime = false\n[classifier]\nmodel = "{model.resolve()}"\n'
                           '[mqtt]\nenabled = false\n')
+        # Run from the temporary folder: with ``-c`` the working directory comes first on
+        # sys.path, and ``--env PYTHONPATH=/other/tree`` must decide which feederd runs.
         result = subprocess.run([sys.executable, "-c", CHILD, "run", "--config", str(config)],
-                                capture_output=True, text=True, check=True,
+                                capture_output=True, text=True, check=True, cwd=tmp,
                                 env={**os.environ, **env})
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def floor(imports: str) -> dict[str, float]:
-    """RSS of a fresh interpreter after ``imports`` (MB)."""
-    result = subprocess.run([sys.executable, "-c", FLOOR.format(imports=imports)],
+def import_steps() -> list[tuple[str, dict[str, float]]]:
+    """RSS of one fresh interpreter after each of :data:`IMPORT_STEPS` in turn (MB)."""
+    result = subprocess.run([sys.executable, "-c", STEPS, *IMPORT_STEPS],
                             capture_output=True, text=True, check=True)
-    return json.loads(result.stdout)
+    return [(name, figures) for name, figures in json.loads(result.stdout)]
 
 
 def split(figures: dict[str, float]) -> str:
@@ -121,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clip = args.source or shared_clips(args.shared)[0]
     print(f"feederd run, {args.model.name}, replaying {clip.name}, {args.runs} fresh runs/side")
-    print(f"  floor: numpy+cv2+onnxruntime  "
-          f"{split(floor('import numpy, cv2, onnxruntime'))}")
-    print(f"  floor: import feederd.daemon  {split(floor('import feederd.daemon'))}")
+    show_imports(import_steps())
     sides = parse_env(args.env)
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(args.runs):
@@ -133,11 +157,34 @@ def main(argv: list[str] | None = None) -> int:
         hwm = sorted(r["VmHWM"] for r in results)
         print(f"  {name:<40} VmHWM {hwm[0]:6.1f} / {statistics.median(hwm):6.1f} / "
               f"{hwm[-1]:6.1f} MB (min / median / max; target <= {TARGET_MB:g})")
-    example = runs["plain"][-1]
-    print(f"  at the peak sample: {split(example)}; largest mappings (MB):")
-    for mapping, size in sorted(example["maps"].items(), key=lambda kv: -kv[1])[:TOP_MAPPINGS]:
-        print(f"    {size:6.1f}  {mapping}")
+    show_peak(runs["plain"][-1])
     return 0
+
+
+def show_imports(steps: list[tuple[str, dict[str, float]]]) -> None:
+    print("  imports, one fresh process, in turn (each adds to the one before):")
+    before = None
+    for name, figures in steps:
+        added = "" if before is None else f"   +{figures['VmRSS'] - before['VmRSS']:5.1f}"
+        print(f"    {name:<16} {split(figures)}{added}")
+        before = figures
+
+
+def show_peak(run: dict) -> None:
+    """Phases of one run, then each mapping's share of its peak sample."""
+    print("  one run, by phase:")
+    for phase, figures in [*run["phases"].items(), ("peak (frame loop)", run)]:
+        print(f"    {phase:<18} {split(figures)}")
+    maps = run["maps"]
+    heap = sum(maps.pop(name, [0.0, 0.0])[0] for name in ("[heap]", "[anon]"))
+    print(f"  at the peak sample: malloc heap and anonymous mappings {heap:5.1f} MB; "
+          "largest library mappings (MB, resident / of it anon):")
+    ranked = sorted(maps.items(), key=lambda kv: -kv[1][0])
+    for mapping, (size, anon) in ranked[:TOP_MAPPINGS]:
+        print(f"    {size:6.1f} / {anon:4.1f}  {mapping}")
+    rest = ranked[TOP_MAPPINGS:]
+    print(f"    {sum(v[0] for _, v in rest):6.1f} / {sum(v[1] for _, v in rest):4.1f}  "
+          f"{len(rest)} other mappings")
 
 
 if __name__ == "__main__":
