@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from feederd.bundle import Bundle, InputSpec, file_sha256, parse_metadata
+from feederd.cpuflags import u8s8_may_saturate
 from feederd.errors import ModelError
 from feederd.onnxwire import external_view
 from feederd.task import Task
@@ -51,7 +52,7 @@ class Classifier:
         self._labels = self.bundle.labels
         # The owner's question, decided once per frame (feederd.task); built once per model.
         self.task = Task.for_bundle(self.bundle, species, exclude_species)
-        self._input_name, self.fixed_batch = _check_input(self._session, self.bundle)
+        self._input_name, self.fixed_batch, dtype = _check_input(self._session, self.bundle)
         self._output_names = _check_outputs(self._session, self.bundle)
         spec = self.bundle.input
         # BGR source channel of each model channel, and x = pixel * gain + offset per channel.
@@ -60,7 +61,7 @@ class Classifier:
         self._gain = (spec.scale / std).astype(np.float32)
         self._offset = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32)
         self._unit_gain = bool(np.all(self._gain == 1))
-        self._buffer = np.zeros(spec.shape(1), np.float32)
+        self._buffer = np.zeros(spec.shape(1), dtype)
         # Warm up: the first inference allocates arenas and picks kernels, so it is several
         # times slower than the rest and would trip the frame-loop watchdog on the first
         # visit. The same runs double as the numeric check of the bundle.
@@ -82,13 +83,19 @@ class Classifier:
     def input_name(self) -> str:
         return self._input_name
 
+    @property
+    def input_dtype(self) -> np.dtype:
+        """float32, or uint8 for a bundle that takes the pixels as they are."""
+        return self._buffer.dtype
+
     def crop(self, image_bgr: np.ndarray, box: Box | None, expand: float,
              min_side: int = 0) -> np.ndarray:
         """The region to classify: see :func:`square_crop`."""
         return square_crop(image_bgr, box, expand, min_side)
 
     def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
-        """Resize, reorder and normalise into the reused (1, C, H, W) buffer and return it.
+        """Resize, reorder and normalise into the reused (1, C, H, W) or (1, H, W, C) buffer
+        (float32, or the pixels themselves for a uint8 input) and return it.
 
         The buffer is overwritten by the next call; pass it to :meth:`run` first.
         """
@@ -119,7 +126,7 @@ class Classifier:
         size = self.fixed_batch or batch_size
         probs: list[np.ndarray] = []
         embeddings: list[np.ndarray] = []
-        buffer = np.zeros(self.bundle.input.shape(size), np.float32)
+        buffer = np.zeros(self.bundle.input.shape(size), self._buffer.dtype)
         for start in range(0, len(images_bgr), size):
             chunk = images_bgr[start:start + size]
             for index, image in enumerate(chunk):
@@ -139,7 +146,14 @@ class Classifier:
             raise ValueError(f"expected a BGR image (H, W, 3), got shape {image_bgr.shape}")
         spec = self.bundle.input
         resized = resize_for_model(image_bgr, spec.width, spec.height)
-        if spec.layout == "NCHW":
+        if out.dtype == np.uint8:  # the model quantizes the pixels itself
+            if spec.layout == "NCHW":
+                out[:] = resized.transpose(2, 0, 1)[list(self._channels)]
+            elif self._channels == (2, 1, 0):
+                cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=out)
+            else:
+                out[:] = resized
+        elif spec.layout == "NCHW":
             # Contiguous planes make the two passes below about a third faster than strided
             # views of the interleaved image.
             planes = cv2.split(resized)
@@ -340,6 +354,8 @@ def _options(threads: int) -> ort.SessionOptions:
     # on a busy 2-core machine spinning made 2-thread runs several times slower
     # (tools/bench/litert_bench.py, "ort spinning").
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if u8s8_may_saturate():  # int8 weights back to uint8: exact on x86 without VNNI
+        options.add_session_config_entry("session.x64quantprecision", "1")
     return options
 
 
@@ -381,17 +397,26 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _check_input(session: ort.InferenceSession, bundle: Bundle) -> tuple[str, int | None]:
-    """The input name and its fixed batch size (None when dynamic), checked against metadata."""
+def _check_input(session: ort.InferenceSession, bundle: Bundle
+                 ) -> tuple[str, int | None, type[np.generic]]:
+    """The input name, its fixed batch size (None when dynamic) and element type, checked
+    against the metadata: float32, or uint8 for a model that takes the pixels as they are."""
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise ModelError(f"{bundle.path}: the model has {len(inputs)} inputs, expected one "
                          "image input")
     spec: InputSpec = bundle.input
     node = inputs[0]
-    if node.type != "tensor(float)":
+    if node.type not in ("tensor(float)", "tensor(uint8)"):
         raise ModelError(f"{bundle.path}: input '{node.name}' is {node.type}, expected "
-                         "tensor(float); rebuild the bundle with feeder-sync (it adds a cast)")
+                         "tensor(float) or tensor(uint8); rebuild the bundle with feeder-sync "
+                         "(it adds a cast)")
+    dtype = np.uint8 if node.type == "tensor(uint8)" else np.float32
+    if dtype == np.uint8 and (spec.scale != 1 or any(m != 0 for m in spec.mean)
+                              or any(s != 1 for s in spec.std)):
+        raise ModelError(f"{bundle.path}: input '{node.name}' takes uint8 pixels as they are, "
+                         "but feederd.input asks for a normalisation; set mean 0, std 1 and "
+                         "scale 1 (the graph itself must dequantize the pixels)")
     shape = list(node.shape)
     if len(shape) != 4:
         raise ModelError(f"{bundle.path}: input '{node.name}' has shape {shape}, expected "
@@ -403,7 +428,7 @@ def _check_input(session: ort.InferenceSession, bundle: Bundle) -> tuple[str, in
                              f"feederd.input says {spec.layout} size {list(spec.size)}; "
                              "fix the metadata or the graph")
     batch = shape[0]
-    return node.name, batch if isinstance(batch, int) and batch > 0 else None
+    return node.name, batch if isinstance(batch, int) and batch > 0 else None, dtype
 
 
 def _check_outputs(session: ort.InferenceSession, bundle: Bundle) -> list[str]:

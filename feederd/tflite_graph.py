@@ -12,7 +12,11 @@ deliberate departures from the TFLite graph, because a feederd bundle needs them
 - the input of the final fully connected layer (the pre-logits average pool of a MobileNet)
   is also an output, ``embedding``, flattened to (N, D).
 
-Activations are kept NCHW; the bundle's input is NCHW float ``(pixel - zero_point) * scale``.
+The bundle's input is the model's own: uint8 RGB pixels, NHWC, as they are (a Transpose to the
+NCHW graph follows, which onnxruntime's NHWC transformer removes again); a model without a
+uint8 input (and the ``fp32`` mode) takes NCHW float ``(pixel - zero_point) * scale``. The
+weights of ordinary and fully connected layers are stored as int8 (``_signed``): the same real
+values, but onnxruntime then runs its u8s8 kernels, a quarter faster on x86 with VNNI.
 Only the operators of MobileNet-style classifiers are supported; anything else raises
 :class:`~feederd.errors.ModelError` naming the operator.
 """
@@ -28,8 +32,9 @@ from typing import Any
 import numpy as np
 import tflite
 
+from feederd.bundle import Layout
 from feederd.errors import ModelError
-from feederd.onnx_proto import FLOAT, Graph, Node, ValueInfo
+from feederd.onnx_proto import FLOAT, UINT8, Graph, Node, ValueInfo
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +42,7 @@ INPUT = "image"
 PROBS = "probs"
 EMBEDDING = "embedding"
 OPSET = 13
-MODES = ("qdq", "qdq-s8", "fp32")
+MODES = ("qdq", "qdq-u8", "fp32")
 _NUMPY = {tflite.TensorType.UINT8: np.uint8, tflite.TensorType.INT8: np.int8,
           tflite.TensorType.INT32: np.int32, tflite.TensorType.FLOAT32: np.float32}
 _OPNAMES = {value: name for name, value in vars(tflite.BuiltinOperator).items()
@@ -60,9 +65,10 @@ class ConvertedGraph:
     graph: Graph
     height: int
     width: int
-    input_mean: float  # pixel value that means 0 (the input zero point)
-    input_std: float  # pixels per unit (1 / input scale)
+    input_mean: float  # pixel value that means 0 (the input zero point; 0 for uint8 pixels)
+    input_std: float  # pixels per unit (1 / input scale; 1 for uint8 pixels)
     embedding_width: int | None
+    layout: Layout = "NCHW"  # of the input: NHWC when it takes uint8 pixels
 
 
 def load_model(data: bytes, source: str) -> Any:
@@ -79,11 +85,10 @@ def load_model(data: bytes, source: str) -> Any:
 class Converter:
     """Walks the operators of one subgraph and emits ONNX nodes.
 
-    ``mode`` is one of :data:`MODES`: ``qdq`` keeps the model's integers as they are (uint8
-    weights run on onnxruntime's u8u8 kernels, exact on every CPU); ``qdq-s8`` stores uint8
-    weights as int8 with the zero point moved by 128 (the same real values; u8s8 kernels, faster
-    on x86 with VNNI but liable to int16 saturation on AVX2 without it); ``fp32`` dequantizes
-    the weights and drops activation rounding (for comparisons: it changes answers).
+    ``mode`` is one of :data:`MODES`: ``qdq`` (shipped) takes uint8 NHWC pixels and stores the
+    weights of non-depthwise layers as int8 (see :meth:`_signed`); ``qdq-u8`` is the earlier
+    form, float NCHW input and every weight uint8 (u8u8 kernels); ``fp32`` dequantizes the
+    weights and drops activation rounding (for comparisons: it changes answers).
     """
 
     def __init__(self, model: Any, source: str, mode: str = "qdq") -> None:
@@ -93,7 +98,7 @@ class Converter:
         self.sub = model.Subgraphs(0)
         self.source = source
         self.quantized = mode != "fp32"
-        self.signed_weights = mode == "qdq-s8"
+        self.compact = mode == "qdq"  # uint8 input, int8 weights where exact
         self.graph = Graph(name="feederd_tflite")
         self.values: dict[int, str] = {}  # TFLite tensor index -> float ONNX name
         self.consumers = self._count_consumers()
@@ -124,7 +129,8 @@ class Converter:
         if PROBS not in {o for node in self.graph.nodes for o in node.outputs}:
             self._append_softmax(self.sub.Outputs(0))
         self.graph.outputs.append(ValueInfo(PROBS, FLOAT, ("N", self._width(self.sub.Outputs(0)))))
-        return ConvertedGraph(self.graph, height, width, mean, std, self.embedding_width)
+        layout: Layout = "NHWC" if self.graph.inputs[0].elem_type == UINT8 else "NCHW"
+        return ConvertedGraph(self.graph, height, width, mean, std, self.embedding_width, layout)
 
     def _opname(self, op: Any) -> str:
         code = self.model.OperatorCodes(op.OpcodeIndex())
@@ -182,7 +188,8 @@ class Converter:
             raise ModelError(f"{self.source}: constant tensor #{index} has no data")
         return np.frombuffer(raw.tobytes(), self._dtype(index)).reshape(self._shape(index))
 
-    def _weight(self, index: int, array: np.ndarray, axis_map: dict[int, int]) -> str:
+    def _weight(self, index: int, array: np.ndarray, axis_map: dict[int, int],
+                signed: bool = False) -> str:
         """A constant as a float ONNX value: DQ of the stored integers, or dequantized now."""
         name = f"w{index}"
         quant = self._quant(index)
@@ -198,11 +205,25 @@ class Converter:
                 * quant.scale.reshape(shape)
             self.graph.initializers[name] = real.astype(np.float32)
             return name
-        if self.signed_weights and array.dtype == np.uint8 and array.ndim > 1:
+        if signed and self._signed(array, quant):
             array = (array.astype(np.int16) - 128).astype(np.int8)
             quant = Quant(quant.scale, quant.zero_point - 128, quant.axis)
         self.graph.initializers[name + "_q"] = array
         return self._dequantize(name + "_q", name, quant, array.dtype, axis)
+
+    def _signed(self, array: np.ndarray, quant: Quant) -> bool:
+        """Whether uint8 weights may be stored as int8 (minus 128): only when all of them lie
+        in 1..255, i.e. -127..127 after the shift (TFLite's narrow weight range).
+
+        Every onnxruntime kernel then computes the same integers as with uint8 weights: VNNI
+        (x86) and UDOT (ARM64 with dot product) sum in int32, and the NEON kernel for CPUs
+        without dot product (Pi 4) flips the activations to int8 and adds two products in
+        int16, which cannot wrap when |weight| <= 127 (2 * 128 * 127 < 32768). Only x86 without
+        VNNI saturates (PMADDUBSW): the classifier then asks onnxruntime to convert the weights
+        back to uint8 (``session.x64quantprecision``).
+        """
+        return (self.compact and array.dtype == np.uint8 and array.ndim > 1
+                and int(array.min()) >= 1)
 
     def _dequantize(self, source: str, target: str, quant: Quant, dtype: Any,
                     axis: int = 1) -> str:
@@ -280,6 +301,12 @@ class Converter:
         quant = self._quant(index)
         mean, std = (0.0, 1.0) if quant is None else (float(quant.zero_point.reshape(-1)[0]),
                                                       1.0 / float(quant.scale.reshape(-1)[0]))
+        if self.compact and quant is not None and self._dtype(index) == np.uint8:
+            self.graph.inputs.append(ValueInfo(INPUT, UINT8, ("N", shape[1], shape[2], 3)))
+            self.graph.nodes.append(Node("Transpose", (INPUT,), ("image_nchw",), "image_nchw",
+                                         {"perm": (0, 3, 1, 2)}))
+            self.values[index] = self._dequantize("image_nchw", f"t{index}", quant, np.uint8)
+            return shape[1], shape[2], 0.0, 1.0  # the pixels themselves
         self.graph.inputs.append(ValueInfo(INPUT, FLOAT, ("N", 3, shape[1], shape[2])))
         self._emit(index, INPUT)
         return shape[1], shape[2], mean, std
@@ -292,7 +319,7 @@ class Converter:
             weight = self._weight(w, kernel.transpose(3, 0, 1, 2), {3: 0})
             group = self._shape(x)[3]
         else:  # [O, KH, KW, I] -> [O, I, KH, KW]
-            weight = self._weight(w, kernel.transpose(0, 3, 1, 2), {0: 0})
+            weight = self._weight(w, kernel.transpose(0, 3, 1, 2), {0: 0}, signed=True)
             group = 1
         inputs = [self._value(x), weight]
         if op.InputsLength() > 2 and op.Inputs(2) >= 0:
@@ -356,7 +383,7 @@ class Converter:
         flat = f"flat{x}_emb"
         self.graph.nodes.append(Node("Flatten", (self._value(x),), (flat,), flat, {"axis": 1}))
         self._embedding(flat, shape[-1])
-        weight = self._weight(w, self._constant(w), {0: 0})
+        weight = self._weight(w, self._constant(w), {0: 0}, signed=True)
         inputs = [self._value(x) if len(shape) == 2 else self._requantized(x, flat), weight]
         if op.InputsLength() > 2 and op.Inputs(2) >= 0:
             inputs.append(self._weight(op.Inputs(2), self._constant(op.Inputs(2)), {0: 0}))

@@ -43,7 +43,8 @@ def import_tflite(source: Path, out: Path, labels: Path | None = None,
                   mode: str = "qdq") -> Path:
     """Convert ``source`` (.tflite) into the bundle ``out``; returns ``out``.
 
-    ``mode`` is ``qdq`` (the default, exact), ``qdq-s8`` or ``fp32``: see
+    ``mode`` is ``qdq`` (the default: uint8 pixels in, int8 weights where exact), ``qdq-u8``
+    (uint8 weights, float input: the earlier form) or ``fp32``: see
     :class:`feederd.tflite_graph.Converter`.
     The file is written to a temporary name and renamed, so ``out`` is never half-written;
     callers validate it with :func:`feederd.classifier.validate_bundle`.
@@ -60,7 +61,7 @@ def import_tflite(source: Path, out: Path, labels: Path | None = None,
     if len(species.labels) != width:
         raise ModelError(f"{labels or source}: {len(species.labels)} labels for a model with "
                          f"{width} outputs; pass --labels with one line per output")
-    spec = InputSpec((converted.height, converted.width), "NCHW", "RGB",
+    spec = InputSpec((converted.height, converted.width), converted.layout, "RGB",
                      (converted.input_mean,) * 3, (converted.input_std,) * 3, 1.0)
     meta = {
         "labels": species.labels, "negative_labels": sorted(species.negative_labels),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,44 @@ class TestTheDefaultModel:
     def test_it_passes_the_onnx_checker(self) -> None:
         onnx.checker.check_model(onnx.load(str(default_model_path())), full_check=True)
 
-    def test_it_takes_rgb_pixels_centred_on_128(self, aiy: Classifier) -> None:
+    def test_it_takes_uint8_rgb_pixels_and_dequantizes_them_itself(self, aiy: Classifier
+                                                                   ) -> None:
         spec = aiy.bundle.input
-        assert (spec.size, spec.color, spec.scale) == ((224, 224), "RGB", 1.0)
-        assert spec.mean == (128.0,) * 3 and spec.std == (128.0,) * 3
+        assert (spec.size, spec.layout, spec.color, spec.scale) == ((224, 224), "NHWC", "RGB", 1)
+        assert spec.mean == (0.0,) * 3 and spec.std == (1.0,) * 3
+        assert aiy.session.get_inputs()[0].type == "tensor(uint8)"
+        graph = onnx.load(str(default_model_path())).graph
+        values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        first = next(n for n in graph.node if n.op_type == "DequantizeLinear"
+                     and n.input[0] == "image_nchw")  # the TFLite input's own quantization
+        assert (float(values[first.input[1]]), int(values[first.input[2]])) == (1 / 128, 128)
+
+    def test_its_weights_are_int8_except_the_depthwise_ones(self) -> None:
+        graph = onnx.load(str(default_model_path())).graph
+        values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+        weights = {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm")}
+        kinds = Counter()
+        for node in graph.node:
+            if node.op_type == "DequantizeLinear" and node.output[0] in weights:
+                group = next((a.i for a in weights[node.output[0]].attribute
+                              if a.name == "group"), 1)
+                stored = values[node.input[0]]
+                kinds[(group > 1, stored.dtype.name)] += 1
+                if stored.dtype == np.int8:  # -127..127: no int16 pair can wrap on ARM64
+                    assert stored.min() >= -127
+        assert kinds == {(True, "uint8"): 17, (False, "int8"): 36}
+
+    def test_on_x86_without_vnni_it_runs_as_uint8_weights_with_the_same_answers(
+            self, aiy: Classifier, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("feederd.classifier.u8s8_may_saturate", lambda: True)
+        fallback = Classifier(default_model_path(), threads=1)
+        options = fallback.session.get_session_options()
+        assert options.get_session_config_entry("session.x64quantprecision") == "1"
+        rng = np.random.default_rng(5)
+        for _ in range(3):
+            image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+            np.testing.assert_array_equal(fallback.run(fallback.prepare(image))[0],
+                                          aiy.run(aiy.prepare(image))[0])
 
     def test_it_has_a_1280_wide_embedding_and_float_probabilities(self, aiy: Classifier
                                                                   ) -> None:

@@ -251,6 +251,19 @@ class TestPrepare:
         image[:] = (1, 2, 3)
         np.testing.assert_allclose(Classifier(path).prepare(image)[0, 0, 0], [3, 2, 1])
 
+    def test_a_uint8_input_gets_the_resized_pixels_themselves_in_model_order(
+            self, tmp_path: Path) -> None:
+        spec = InputSpec((8, 8), "NCHW", "RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 1.0)
+        classifier = Classifier(tiny_model(tmp_path / "u8.onnx", spec,
+                                           input_type=TensorProto.UINT8))
+        image = np.empty((16, 16, 3), np.uint8)
+        image[:] = (1, 2, 250)  # B, G, R
+        batch = classifier.prepare(image)
+        assert batch.dtype == np.uint8 and batch.shape == (1, 3, 8, 8)
+        np.testing.assert_array_equal(batch[0, :, 3, 3], [250, 2, 1])
+        probs, _ = classifier.run(batch)
+        assert classifier.prepare(image) is batch and abs(float(probs.sum()) - 1) < 1e-5
+
     def test_the_buffer_is_reused(self, demo: Classifier) -> None:
         first = demo.prepare(np.zeros((10, 10, 3), np.uint8))
         assert demo.prepare(np.ones((10, 10, 3), np.uint8)) is first
@@ -313,8 +326,13 @@ class TestRefusedBundles:
         with pytest.raises(ModelError, match="'embedding' has shape"):
             Classifier(tiny_model(tmp_path / "emb4d.onnx", embedding_rank=4))
 
-    def test_a_non_float_input(self, tmp_path: Path) -> None:
-        with pytest.raises(ModelError, match="expected tensor\\(float\\)"):
+    def test_an_input_neither_float_nor_uint8(self, tmp_path: Path) -> None:
+        with pytest.raises(ModelError, match="expected tensor\\(float\\) or tensor\\(uint8\\)"):
+            Classifier(tiny_model(tmp_path / "i32.onnx", input_type=TensorProto.INT32))
+
+    def test_a_uint8_input_whose_metadata_asks_for_a_normalisation(self, tmp_path: Path
+                                                                   ) -> None:
+        with pytest.raises(ModelError, match=r"uint8 pixels as they are.*feederd\.input"):
             Classifier(tiny_model(tmp_path / "u8.onnx", input_type=TensorProto.UINT8))
 
     def test_metadata_errors_name_the_key(self, tmp_path: Path) -> None:

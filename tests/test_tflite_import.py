@@ -18,6 +18,7 @@ import pytest
 from feederd.assets import default_model_path
 from feederd.classifier import Classifier, resize_for_model, validate_bundle
 from feederd.errors import ModelError
+from feederd.tflite_graph import Converter, Quant, load_model
 from feederd.tflite_import import import_tflite
 
 CLI = [sys.executable, "-m", "feederd.cli"]
@@ -81,6 +82,9 @@ class TestAgreementWithLiteRT:
         # its labels come from the file inside the .tflite: same stable labels as AIY's
         assert bundle.display_name("blue_jay") == "Blue Jay"
         assert bundle.labels == Classifier(default_model_path(), 1).bundle.labels
+        # the shipped bundle's form: uint8 NHWC pixels in, the model's own quantization inside
+        assert (bundle.input.layout, bundle.input.mean) == ("NHWC", (0.0, 0.0, 0.0))
+        assert Classifier(out, 1).session.get_inputs()[0].type == "tensor(uint8)"
         assert agreement(out, shared_data / INAT, sample_photos(shared_data)[::2]) >= 0.96
 
 
@@ -107,6 +111,18 @@ def test_model_import_needs_neither_onnx_nor_tensorflow(shared_data: Path,
                           capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stderr
     assert validate_bundle(out).version == "aiy_birds_v1"
+
+
+@pytest.mark.shared_data
+def test_weights_that_use_the_value_0_stay_uint8(shared_data: Path) -> None:
+    """As int8 that would be -128, and two -128 x -128 products wrap the int16 sums of
+    onnxruntime's ARM64 kernel for CPUs without dot product."""
+    converter = Converter(load_model((shared_data / AIY).read_bytes(), "aiy"), "aiy")
+    quant = Quant(np.array([0.01], np.float32), np.array([130]), 0)
+    assert converter._signed(np.array([[1, 255]], np.uint8), quant)
+    assert not converter._signed(np.array([[0, 200]], np.uint8), quant)
+    assert not Converter(converter.model, "aiy", "qdq-u8")._signed(
+        np.array([[1, 255]], np.uint8), quant)
 
 
 class TestRefusals:

@@ -4,7 +4,7 @@
     python tools/convert_tflite.py --source ../shared/data/models/inat_bird_mobilenet_v2/\
 mobilenet_v2_1.0_224_inat_bird_quant.tflite --out /tmp/inat.onnx --version inat-bird-v2
     python tools/convert_tflite.py --measure-only  # figures for the committed bundle
-    python tools/convert_tflite.py --compare fp32 qdq-s8  # the variants, same photos
+    python tools/convert_tflite.py --compare fp32 qdq-u8  # the variants, same photos
 
 The conversion itself is :func:`feederd.tflite_import.import_tflite` (the code behind
 ``feederd model import``; no TensorFlow). This script adds what only a maintainer has: the
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--measure-only", action="store_true",
                         help="measure --out as it is, write nothing")
-    parser.add_argument("--compare", nargs="*", default=[], choices=["fp32", "qdq-s8"],
+    parser.add_argument("--compare", nargs="*", default=[], choices=["fp32", "qdq-u8"],
                         help="also build and measure these variants (not written)")
     args = parser.parse_args(argv)
     if args.measure_only:

@@ -403,7 +403,7 @@ def _runs_batch_of_two(out: Path, spec: InputSpec) -> bool:
     """Load the bundle (full validation) and try a batch of two images."""
     classifier = Classifier(out, threads=1)
     try:
-        probs, _ = classifier.run(np.zeros(spec.shape(2), np.float32))
+        probs, _ = classifier.run(np.zeros(spec.shape(2), classifier.input_dtype))
     except Exception:  # onnxruntime's pybind errors: a Reshape with a fixed batch, etc.
         return False
     return bool(probs.shape[0] == 2)

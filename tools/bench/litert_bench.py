@@ -3,24 +3,26 @@
     python tools/bench/litert_bench.py [--shared ../shared/data] [--threads 1 2] [--rounds 15]
 
 Peers (WhosAtMyFeeder, Frigate, BirdView) run this model with LiteRT/TFLite, so LiteRT on the
-same ``.tflite`` file is the honest baseline. Both runtimes get the same 224x224 RGB pixels of
-the same shared photos (feederd's own resize, done once beforehand), with the same thread
-count. Three paths are timed per image:
+same ``.tflite`` file, as it comes (its default XNNPACK delegate), is the honest baseline. Both
+runtimes get the same 224x224 uint8 RGB pixels of the same shared photos (feederd's own resize,
+done once beforehand; the script checks the two inputs are equal), with the same thread count,
+in the Classifier's own session (the options feederd runs with). Paths timed per image:
 
 - ``litert``: ``set_tensor`` (uint8) + ``invoke`` + ``get_tensor``;
-- ``ort``: a bare ``session.run`` of the bundle on the float input ``prepare`` made;
-- ``ort+prepare``: what feederd does per crop after resizing: the float normalisation into the
-  reused buffer, then ``session.run``;
+- ``ort``: a bare ``Classifier.run`` of the bundle on the input ``prepare`` made (for the
+  shipped bundle: the uint8 pixels themselves);
+- ``ort+prepare``: what feederd does per crop: ``prepare`` (resize of the 224x224 crop, BGR to
+  RGB into the reused buffer) then ``run``;
 - ``ort spinning``: the bare run in a session whose worker threads busy-wait between runs
   (onnxruntime's default, which feederd's classifier turns off);
-- ``ort qdq-s8`` (``--variant``): the bare run of the same .tflite converted with int8 weights
-  (see :class:`feederd.tflite_graph.Converter`), to show what that would gain.
+- ``ort qdq-u8`` (``--variant``): the bare run of the same .tflite converted the earlier way
+  (uint8 weights everywhere, float NCHW input; see :class:`feederd.tflite_graph.Converter`).
 
 Everything is warmed first; rounds interleave the paths (rotating which goes first) so that a
 busy machine slows all alike; each round's figure is the mean over the images, and the
-min/median/max of the rounds are printed with the ratios of the medians, and the median
-process CPU time per image (all threads; less sensitive to other load than wall time at one
-thread). Goal: ort / litert <= 1.0.
+min/median/max of the rounds are printed, wall and process CPU time per image (all threads;
+less sensitive to other load than wall time), with the ratios of the medians and the load
+average before and after. Goal: ort / litert <= 1.0.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def ort_paths(bundle: Path, images_bgr: list[np.ndarray], threads: int
               ) -> tuple[Callable[[], None], Callable[[], None]]:
     classifier = Classifier(bundle, threads)
     prepared = [classifier.prepare(image).copy() for image in images_bgr]
+    if prepared[0].dtype == np.uint8 and not all(  # the same pixels LiteRT gets
+            np.array_equal(p[0], i[:, :, ::-1]) for p, i in zip(prepared, images_bgr, strict=True)):
+        raise SystemExit(f"{bundle}: prepare does not give LiteRT's pixels; not comparable")
 
     def bare() -> None:
         for batch in prepared:
@@ -130,13 +135,15 @@ def bench(paths: dict[str, Callable[[], None]], images: int, rounds: int
 
 def report(threads: int, samples: dict[str, list[tuple[float, float]]]) -> None:
     wall = {name: [w for w, _ in values] for name, values in samples.items()}
-    cpu = {name: statistics.median(c for _, c in values) for name, values in samples.items()}
+    cpus = {name: [c for _, c in values] for name, values in samples.items()}
+    cpu = {name: statistics.median(values) for name, values in cpus.items()}
     cpu_ratios = ", ".join(f"{name} {cpu[name] / cpu['litert']:.3f}" for name in cpu
                            if name != "litert")
     med = {name: statistics.median(values) for name, values in wall.items()}
     for name, values in wall.items():
+        low, high = min(cpus[name]), max(cpus[name])
         print(f"  threads {threads}  {name:<13} wall {min(values):6.2f} / {med[name]:6.2f} / "
-              f"{max(values):6.2f}   cpu median {cpu[name]:6.2f}")
+              f"{max(values):6.2f}   cpu {low:6.2f} / {cpu[name]:6.2f} / {high:6.2f}")
     ratios = ", ".join(f"{name} {med[name] / med['litert']:.3f}" for name in med
                        if name != "litert")
     print(f"  threads {threads}  ratios to litert, medians (goal <= 1.0):\n"
@@ -151,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--variant", choices=["qdq-s8", "fp32"], nargs="*", default=["qdq-s8"],
+    parser.add_argument("--variant", choices=["qdq-u8", "fp32"], nargs="*", default=["qdq-u8"],
                         help="also time these conversions of the same .tflite (not shipped)")
     args = parser.parse_args(argv)
     tflite = args.shared / TFLITE
@@ -160,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     images = photos(args.shared, args.images)
     print(f"{args.bundle.name} vs {tflite.name}: {len(images)} shared photos at 224x224, "
-          f"{args.rounds} interleaved rounds, ms per image (min / median / max)")
+          f"{args.rounds} interleaved rounds, ms per image (min / median / max); load "
+          f"average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         variants = {mode: import_tflite(tflite, Path(tmp) / f"{mode}.onnx", mode=mode)
                     for mode in args.variant}
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             paths.update({f"ort {mode}": ort_paths(path, images, threads)[0]
                           for mode, path in variants.items()})
             report(threads, bench(paths, len(images), args.rounds))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
 
