@@ -15,14 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
 
-from feederd.config_env import field_of_settings_error, malformed_json, unknown_variables
+from feederd.config_env import environment_values, merged, unknown_variables
 from feederd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/feederd/feederd.toml")
@@ -269,13 +263,15 @@ class LoggingConfig(Section):
                                                      "journald, which adds its own.")
 
 
-class Settings(BaseSettings):
-    """The whole configuration; sections are named after the pipeline stages."""
+class Settings(BaseModel):
+    """The whole configuration; sections are named after the pipeline stages.
 
-    model_config = SettingsConfigDict(
-        env_prefix="FEEDERD_", env_nested_delimiter="__", extra="forbid",
-        validate_assignment=True,
-    )
+    Built from the file's values with the ``FEEDERD_*`` environment laid over them key by key
+    (:func:`feederd.config_env.environment_values`), as :class:`pydantic_settings.BaseSettings`
+    did, without its import cost.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
     state_dir: Path = Field(default_factory=default_state_dir, description="Models, spool, "
                             "outbox and recent frames live here.")
@@ -290,17 +286,9 @@ class Settings(BaseSettings):
     jobs: JobsConfig = Field(default_factory=JobsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file, which arrives as init arguments.
-        return (env_settings, init_settings)
+    def __init__(self, **values: Any) -> None:
+        # The environment overrides the file, which arrives as these values.
+        super().__init__(**merged(values, environment_values(type(self))))
 
     @property
     def spool_dir(self) -> Path:
@@ -411,9 +399,3 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]  # type: ignore[arg-type]
         raise ConfigError(f"{len(problems)} problem(s) in the configuration", problems) from exc
-    except SettingsError as exc:  # a FEEDERD_* value pydantic-settings cannot decode
-        section = field_of_settings_error(exc)
-        problems = malformed_json(section) or [
-            f"FEEDERD_{section.upper()}...: a value cannot be decoded ({exc}); lists and "
-            "tables are given as JSON"]
-        raise ConfigError(f"{len(problems)} problem(s) in the environment", problems) from exc

@@ -1,10 +1,15 @@
-"""Checks on the ``FEEDERD_*`` environment that pydantic-settings does not make itself.
+"""The ``FEEDERD_*`` environment: read into the configuration, and checked.
 
-pydantic-settings reads only the variables that name a field: ``FEEDERD_MQTT_HOST`` (one
-underscore) or ``FEEDERD_NOSECTION__X`` would be ignored without a word, and a feeder would
-quietly run with its defaults. A variable with the prefix that names no section or key is
-therefore an error, like an unknown key in the file. Malformed JSON in a list or section
-variable is reported naming the variable instead of as a traceback.
+Variables are ``FEEDERD_<SECTION>__<KEY>`` (or ``FEEDERD_STATE_DIR``), names case-insensitive,
+lists and tables given as JSON; they override the file key by key. This module reads them
+itself, as pydantic-settings used to (the same rules: a whole section as a JSON table, then
+its ``__`` keys over it), because pydantic-settings and what it imports cost ~6 MB of the
+daemon's resident memory for this one job (``tools/bench/rss_bench.py``).
+
+A variable with the prefix that names no section or key is an error, like an unknown key in
+the file: ``FEEDERD_MQTT_HOST`` (one underscore) or ``FEEDERD_NOSECTION__X`` would otherwise be
+ignored without a word, and a feeder would quietly run with its defaults. Malformed JSON in a
+list or section variable is reported naming the variable.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel
+
+from feederd.errors import ConfigError
 
 ENV_PREFIX = "FEEDERD_"
 NESTED = "__"
@@ -34,9 +41,7 @@ def unknown_variables(settings_cls: type[BaseModel],
     environ = os.environ if environ is None else environ
     problems = []
     for name in sorted(environ):
-        upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in NOT_CONFIG or \
-                upper.startswith(FAULT_PREFIX):
+        if not _is_config_name(name):
             continue
         if not _names_a_key(settings_cls, name[len(ENV_PREFIX):].lower().split(NESTED)):
             problems.append(f"{name}: this environment variable names no config section or "
@@ -69,30 +74,77 @@ def _suggestion(model: type[BaseModel], name: str) -> str:
     return ""
 
 
-def malformed_json(section: str, environ: Mapping[str, str] | None = None) -> list[str]:
-    """``NAME: not valid JSON`` for the variables of ``section`` pydantic could not parse."""
+def environment_values(settings_cls: type[BaseModel],
+                       environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``FEEDERD_*`` variables as the nested values they configure; ConfigError naming
+    each variable whose list or table is not valid JSON.
+
+    A whole section (``FEEDERD_MQTT='{"port": 1}'``) comes first, its keys over it; a
+    variable whose first part names no field is left to :func:`unknown_variables`, one
+    naming an unknown key inside a section is kept, so that validation calls it unknown.
+    """
     environ = os.environ if environ is None else environ
-    head = f"{ENV_PREFIX}{section}".upper()
+    found = [(name[len(ENV_PREFIX):].lower().split(NESTED), name, value)
+             for name, value in environ.items() if _is_config_name(name)]
+    values: dict[str, Any] = {}
     problems = []
-    for name, value in sorted(environ.items()):
-        upper = name.upper()
-        if upper != head and not upper.startswith(head + NESTED):
+    for parts, name, value in sorted(found, key=lambda item: (len(item[0]), item[1])):
+        if parts[0] not in settings_cls.model_fields:
             continue
-        if value.lstrip()[:1] not in ("[", "{"):
-            continue
-        try:
-            json.loads(value)
-        except ValueError as exc:
-            problems.append(f"{name}: not valid JSON ({exc}); lists and tables are given "
-                            f"as JSON, e.g. {name}='[[[0,0],[0.2,0],[0.2,0.3]]]'")
-    return problems
+        if value and _is_complex(_annotation_at(settings_cls, parts)):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                problems.append(f"{name}: not valid JSON ({exc}); lists and tables are given "
+                                f"as JSON, e.g. {name}='[[[0,0],[0.2,0],[0.2,0.3]]]'")
+                continue
+        _put(values, parts, value)
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in the environment", problems)
+    return values
 
 
-def field_of_settings_error(message: Any) -> str:
-    """The field pydantic-settings names in 'error parsing value for field "motion" ...'."""
-    text = str(message)
-    start = text.find('field "')
-    if start < 0:
-        return ""
-    end = text.find('"', start + 7)
-    return text[start + 7:end] if end > 0 else ""
+def merged(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` laid on it, tables merged key by key, anything else replaced."""
+    result = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            value = merged(result[key], value)
+        result[key] = value
+    return result
+
+
+def _is_config_name(name: str) -> bool:
+    upper = name.upper()
+    return upper.startswith(ENV_PREFIX) and upper not in NOT_CONFIG and \
+        not upper.startswith(FAULT_PREFIX)
+
+
+def _annotation_at(model: type[BaseModel], parts: list[str]) -> Any:
+    """The type of the key at ``parts`` (a table's value type inside a table), else None."""
+    annotation: Any = model
+    for part in parts:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            annotation = field.annotation if field is not None else None
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return annotation
+
+
+def _is_complex(annotation: Any) -> bool:
+    """Whether a variable for this type is JSON: a section, a list or a table."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return (get_origin(annotation) or annotation) in (list, dict, tuple, set, frozenset)
+
+
+def _put(values: dict[str, Any], parts: list[str], value: Any) -> None:
+    target: Any = values
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            return  # a whole-section value that is no table: validation names it
+    target[parts[-1]] = value

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from feederd.config import load_settings
+from feederd.config import Settings, load_settings
 from feederd.errors import ConfigError
 
 
@@ -38,6 +38,30 @@ class TestLoading:
         settings = load_settings(write(tmp_path, "[mqtt]\nusername = 'feeder'\n"))
         assert settings.mqtt_password() == "s3cret"
         assert "s3cret" not in repr(settings)
+
+    def test_a_whole_section_as_json_takes_its_keys_over_it(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("FEEDERD_MQTT", '{"host": "broker.lan", "port": 8883}')
+        monkeypatch.setenv("FEEDERD_MQTT__PORT", "9999")
+        settings = load_settings(write(tmp_path, "[mqtt]\nkeepalive_s = 30\n"))
+        assert (settings.mqtt.host, settings.mqtt.port) == ("broker.lan", 9999)
+
+    def test_lists_and_per_module_levels_come_from_the_environment(self, tmp_path,
+                                                                   monkeypatch):
+        monkeypatch.setenv("FEEDERD_VISITS__SPECIES", '["blue_jay"]')
+        monkeypatch.setenv("FEEDERD_LOGGING__LEVELS__feederd.MQTT", "DEBUG")
+        settings = load_settings(write(tmp_path, ""))
+        assert settings.visits.species == ["blue_jay"]
+        assert settings.logging.levels == {"feederd.mqtt": "DEBUG"}
+
+    def test_settings_built_in_code_read_the_environment_too(self, monkeypatch):
+        monkeypatch.setenv("FEEDERD_MQTT__PORT", "9999")
+        assert Settings(mqtt={"port": 8883}).mqtt.port == 9999
+
+    def test_the_daemon_imports_no_pydantic_settings(self):
+        code = "import sys, feederd.daemon; print('pydantic_settings' in sys.modules)"
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert result.stdout.strip() == "False"
 
     def test_a_password_comes_from_a_systemd_credential(self, tmp_path, monkeypatch):
         (tmp_path / "mqtt_password").write_text("from-cred\n")
@@ -84,6 +108,13 @@ class TestErrors:
     def test_broken_toml_names_the_file(self, tmp_path):
         [problem] = self.problems(tmp_path, "[mqtt\n")
         assert "feederd.toml" in problem and "TOML" in problem
+
+    def test_a_list_that_is_not_json_names_the_variable(self, tmp_path, monkeypatch):
+        monkeypatch.setenv("FEEDERD_VISITS__SPECIES", "blue_jay")
+        with pytest.raises(ConfigError) as info:
+            load_settings(write(tmp_path, ""))
+        [problem] = info.value.problems
+        assert problem.startswith("FEEDERD_VISITS__SPECIES: not valid JSON")
 
     def test_a_missing_file_names_the_file(self, tmp_path):
         with pytest.raises(ConfigError, match="no such config file"):
