@@ -12,13 +12,20 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from feederd.bundle import Bundle
 from feederd.config import MiningConfig
 from feederd.errors import UnknownEventError
-from feederd.mining.decisions import Candidate, feedback_frames, mine_feedback, mine_visit
+from feederd.mining.decisions import (
+    Candidate,
+    Reason,
+    feedback_frames,
+    mine_feedback,
+    mine_visit,
+    priority,
+)
 from feederd.mining.recent import RecentVisits
 from feederd.mqtt.feedback import LATEST, Feedback, canonical_label
 from feederd.spool import Spool
@@ -41,7 +48,8 @@ class _AlertFacts:
     def size(self, event_id: str) -> int:
         return 200 + len(event_id) + len(self.label) + len(self.model_version)
 
-_SPOOL_RELABEL = {"not_a_bird": "rejected", "species": "corrected", "correct": "confirmed"}
+_SPOOL_RELABEL: dict[str, Reason] = {"not_a_bird": "rejected", "species": "corrected",
+                                     "correct": "confirmed"}
 
 
 class Collector:
@@ -56,6 +64,9 @@ class Collector:
         self._alerts: OrderedDict[str, _AlertFacts] = OrderedDict()
         self._alert_bytes = 0
         self._visits: OrderedDict[str, float] = OrderedDict()
+        # Replies to visits still open: (the reply, frame seqs it already stored). The rest
+        # of the visit is labelled when it closes (a squirrel stays long after its alert).
+        self._open_replies: OrderedDict[str, tuple[Feedback, set[int]]] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.set_bundle(bundle)
 
@@ -90,11 +101,35 @@ class Collector:
         with self._lock:
             self._visits[summary.event_id] = time.time()
             _trim(self._visits)
+            reply = self._open_replies.pop(summary.event_id, None)
         candidates = mine_visit(frames, self._cfg, frozenset(self._bundle.negative_labels),
                                 negative_label=self.negative_label, alerted=summary.alerted)
+        if reply is not None:
+            candidates = self._under_reply(frames, candidates, *reply)
         keep = {c.frame.seq for c in candidates} | set(feedback_frames(frames, self._cfg))
         self._recent.close(summary.event_id, keep=keep)
-        self._store(summary.event_id, candidates, summary.model_version)
+        stored = self._store(summary.event_id, candidates, summary.model_version)
+        if reply is not None:
+            logger.info("visit %s closed after its reply %s: %d more samples",
+                        summary.event_id, reply[0].verdict, stored)
+
+    def _under_reply(self, frames: Sequence[ClassifiedFrame], mined: Sequence[Candidate],
+                     feedback: Feedback, stored: set[int]) -> list[Candidate]:
+        """A visit's samples at close when the owner replied while it was open: the reply's
+        samples over the whole visit first, then the mined ones labelled as the reply says
+        (as :meth:`_relabel_spooled` does after close); none the reply already stored."""
+        label = self._reply_label(feedback)
+        chosen = mine_feedback(frames, feedback.verdict, label, self.negative_label, self._cfg)
+        taken = stored | {c.frame.seq for c in chosen}
+        target = self.negative_label if feedback.verdict == "not_a_bird" else label
+        predicted = self._relabel_scope(feedback.verdict, label)
+        out = [c for c in chosen if c.frame.seq not in stored]
+        for cand in (c for c in mined if c.frame.seq not in taken):
+            applies = target is not None and (predicted is None
+                                               or cand.frame.prediction.label in predicted)
+            out.append(_labelled(cand, target, _SPOOL_RELABEL[feedback.verdict])
+                       if applies and target is not None else cand)
+        return out
 
     def _store(self, visit_id: str, candidates: Sequence[Candidate], version: str) -> int:
         if self._spool is None:
@@ -115,23 +150,41 @@ class Collector:
         """Turn a reply into labelled samples; FeedbackError (its subclasses UnknownEventError,
         UnknownSpeciesError) for unknown events or labels."""
         event_id = self._resolve(feedback.event_id)
-        label = feedback.label
-        if feedback.verdict == "species":
-            label = canonical_label(label or "", self._bundle.labels)
+        feedback = replace(feedback, event_id=event_id)
+        label = self._reply_label(feedback)
         alert = self._alerts.get(event_id)
-        if feedback.verdict == "correct" and label is None and alert is not None:
-            label = alert.label
         frames = self._recent.frames(event_id) or []
         target = self.negative_label if feedback.verdict == "not_a_bird" else label
         relabelled = self._relabel_spooled(event_id, feedback.verdict, target)
         candidates = mine_feedback(frames, feedback.verdict, label, self.negative_label,
                                    self._cfg)
         stored = self._store(event_id, candidates, alert.model_version if alert else "")
+        with self._lock:
+            if event_id not in self._visits:  # still open: the rest is labelled at close
+                self._open_replies[event_id] = (feedback, {c.frame.seq for c in candidates})
+                _trim(self._open_replies)
         self.counters[f"feedback_{feedback.verdict}"] += 1
         if feedback.verdict == "not_a_bird" and alert is not None:
             self.counters["false_alerts_rejected"] += 1
         logger.info("reply %s on %s: %d new samples, %d relabelled", feedback.verdict,
                     event_id, stored, relabelled)
+
+    def _reply_label(self, feedback: Feedback) -> str | None:
+        """The label a reply gives: a species canonicalised, ``correct`` the alerted one."""
+        if feedback.verdict == "species":
+            return canonical_label(feedback.label or "", self._bundle.labels)
+        alert = self._alerts.get(feedback.event_id)
+        if feedback.verdict == "correct" and feedback.label is None and alert is not None:
+            return alert.label
+        return feedback.label
+
+    def _relabel_scope(self, verdict: str, label: str | None) -> set[str] | None:
+        """Which predicted classes a reply relabels (``None``: all)."""
+        if verdict == "species":
+            return set(self._bundle.labels) - set(self._bundle.negative_labels)
+        if verdict == "correct":
+            return {label} if label is not None else set()
+        return None
 
     def _resolve(self, event_id: str) -> str:
         with self._lock:
@@ -148,13 +201,8 @@ class Collector:
     def _relabel_spooled(self, event_id: str, verdict: str, label: str | None) -> int:
         if self._spool is None or label is None:
             return 0
-        predicted: set[str] | None = None
-        if verdict == "species":
-            predicted = set(self._bundle.labels) - set(self._bundle.negative_labels)
-        elif verdict == "correct":
-            predicted = {label}
         return self._spool.label_visit(event_id, label, "user", _SPOOL_RELABEL[verdict],
-                                       predicted=predicted)
+                                       predicted=self._relabel_scope(verdict, label))
 
     # --- figures ------------------------------------------------------------------------------
 
@@ -172,6 +220,14 @@ class Collector:
             out["spool_pauses"] = spool["pauses"]  # disk-full pauses since start
             out["spool_dropped_paused"] = spool["dropped_paused"]
         return out
+
+
+def _labelled(candidate: Candidate, label: str, reason: Reason) -> Candidate:
+    """A mined candidate as the owner's reply labels it (as ``Spool.label_visit`` would)."""
+    reasons = candidate.reasons + (() if reason in candidate.reasons else (reason,))
+    pred = candidate.frame.prediction
+    return replace(candidate, reasons=reasons, label=label, label_source="user",
+                   priority=priority(reasons, "user", pred.task_confidence, pred.task_margin))
 
 
 def _trim(mapping: OrderedDict[str, Any]) -> None:

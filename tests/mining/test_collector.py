@@ -7,15 +7,17 @@ import time
 import weakref
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from feederd.assets import demo_model_path
 from feederd.bundle import read_bundle
-from feederd.config import MiningConfig
+from feederd.config import MiningConfig, SpoolConfig
 from feederd.mining.collector import Collector
 from feederd.mining.recent import RecentVisits
-from feederd.mqtt.feedback import LATEST
-from feederd.types import Alert, new_event_id
+from feederd.mqtt.feedback import LATEST, Feedback
+from feederd.spool import Spool
+from feederd.types import Alert, ClassifiedFrame, Prediction, VisitSummary, new_event_id
 
 
 def collector() -> Collector:
@@ -47,3 +49,39 @@ def test_recent_alerts_are_bounded_and_the_newest_stay() -> None:
     assert kept._resolve(raised[-1].event_id) == raised[-1].event_id
     assert kept._resolve(LATEST) == raised[-1].event_id
     assert len(kept._alerts) <= 2000
+
+
+# --- a reply while the visit is still open ----------------------------------------------------
+
+def visit_frame(visit: str, seq: int) -> ClassifiedFrame:
+    """A frame saying "cardinal", its picture distinct per seq (dHash and embedding tell)."""
+    rng = np.random.default_rng(seq)
+    picture = cv2.resize(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), (64, 64),
+                         interpolation=cv2.INTER_CUBIC)
+    embedding = np.eye(16, dtype=np.float32)[seq % 16]
+    pred = Prediction(("cardinal", "other"), (0.8, 0.2),
+                      np.array([0.0, 0.8, 0.0, 0.2], np.float32), embedding)
+    return ClassifiedFrame(visit, seq, seq * 1.5, 1000.0 + seq * 1.5, pred, None, picture, True)
+
+
+def test_a_reply_during_the_visit_labels_the_frames_that_come_after_it_too(
+        tmp_path: Path) -> None:
+    bundle = read_bundle(demo_model_path())
+    with Spool(tmp_path / "spool", SpoolConfig(commit_interval_s=0)) as spool:
+        kept = Collector(MiningConfig(), RecentVisits(2**22, 3600.0, 90), spool, bundle)
+        frames = [visit_frame("v1", seq) for seq in range(6)]
+        for one in frames[:2]:
+            kept.on_classified(one)
+        now = time.time()
+        kept.on_alert(Alert("v1", now, "cardinal", 0.8, 0.6, 2, bundle.version))
+        kept.handle(Feedback("v1", "not_a_bird", None, now))  # the squirrel is still there
+        for one in frames[2:]:
+            kept.on_classified(one)
+        summary = VisitSummary("v1", now, now + 9, 6, 6, {"cardinal": 6}, "cardinal", True,
+                               bundle.version)
+        kept.on_visit_closed(summary, frames)
+        spool.flush()
+        samples = spool.ls()
+    assert sorted(s.frame_seq for s in samples) == list(range(6))
+    assert {(s.label, s.label_source) for s in samples} == {("other", "user")}
+    assert all("rejected" in s.reasons for s in samples)
