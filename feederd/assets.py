@@ -2,10 +2,11 @@
 
 The files live in the repository's top-level ``models/`` folder: the AIY Birds V1 bundle that
 ``feederd run`` uses when no model is configured or installed (made by
-``tools/convert_tflite.py``), and the cartoon demo model and clip of ``feederd demo`` (made by
-``tools/make_demo_assets.py``). A source checkout or editable install (``pip install -e .``)
-finds them next to the package; a wheel carries them as the package data
-``feederd/assets_data/`` when the build maps that folder there (see ``models/README.md``).
+``tools/convert_tflite.py``), and the cartoon demo model and clip of ``feederd demo`` with
+stills of the clip (made by ``tools/make_demo_assets.py``). A source checkout or editable
+install (``pip install -e .``) finds them next to the package; a wheel carries them as the
+package data ``feederd/assets_data/`` when the build maps that folder there (see
+``models/README.md``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "aiy_birds_v1.onnx"
 DEMO_MODEL = "demo.onnx"
 DEMO_CLIP = "demo-clip.mp4"
+CHECK_FRAMES = "demo-clip-frame-*.jpg"
 _PACKAGE_DATA = "feederd.assets_data"
 
 
@@ -67,3 +69,16 @@ def is_demo_model(path: Path) -> bool:
 def demo_clip_path() -> Path:
     """The synthetic feeder clip the demo model was made for."""
     return asset_path(DEMO_CLIP)
+
+
+def check_frame_paths() -> list[Path]:
+    """Stills of the demo clip (``demo-clip-frame-<index>.jpg``, tools/make_demo_assets.py)
+    on which every model is checked before it serves (feederd.modelchain).
+
+    Stills, not the clip: decoding video pages in FFmpeg's decoders, ~15 MB of a Pi's memory
+    that its camera never needs (``tools/bench/rss_bench.py --source`` a photo folder).
+    """
+    for folder in asset_dirs():
+        if found := sorted(folder.glob(CHECK_FRAMES)):
+            return found
+    return []

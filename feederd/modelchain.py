@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from feederd.assets import default_model_path, demo_clip_path
+from feederd.assets import DEMO_CLIP, check_frame_paths, default_model_path
 from feederd.classifier import Classifier
 from feederd.errors import FeederError, ModelError
 from feederd.modelstore import PREVIOUS, store_for
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CLIP_FRAMES = 4
 SPOOL_SAMPLES = 8
 Frames = Sequence[tuple[str, np.ndarray]]
 
@@ -119,25 +118,16 @@ def real_frames(settings: Settings | None = None, *, spool: bool = True) -> list
     return frames
 
 
-def clip_frames(count: int = CLIP_FRAMES) -> list[tuple[str, np.ndarray]]:
-    """Frames spread over the bundled clip (none if it cannot be read: then only the
-    synthetic checks run, which is what a damaged install gets anyway)."""
-    try:
-        path = demo_clip_path()
-    except FeederError:
-        return []
-    capture = cv2.VideoCapture(str(path))
-    try:
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or count
-        frames = []
-        for index in np.linspace(0, total - 1, count).astype(int):
-            capture.set(cv2.CAP_PROP_POS_FRAMES, int(index))
-            ok, image = capture.read()
-            if ok and image is not None:
-                frames.append((f"frame {index} of {path.name}", image))
-        return frames
-    finally:
-        capture.release()
+def clip_frames() -> list[tuple[str, np.ndarray]]:
+    """Stills of the bundled clip (:func:`feederd.assets.check_frame_paths`), read as JPEG
+    without FFmpeg; none if they cannot be read: then only the synthetic checks run, which is
+    what a damaged install gets anyway."""
+    frames = []
+    for path in check_frame_paths():
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is not None:
+            frames.append((f"frame {int(path.stem.rsplit('-', 1)[-1])} of {DEMO_CLIP}", image))
+    return frames
 
 
 def spool_frames(settings: Settings, count: int = SPOOL_SAMPLES) -> list[tuple[str, np.ndarray]]:

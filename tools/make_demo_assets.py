@@ -327,6 +327,7 @@ VISITS: tuple[Visit, ...] = (
         (-60, 300, "run"))),
 )
 CLIP_SECONDS = 55.0
+CHECK_FRAMES = 4  # stills of the clip that every model is checked on
 
 
 def pose_at(visit: Visit, t: float, frame_index: int) -> tuple[float, float, int, str] | None:
@@ -365,6 +366,25 @@ def clip_frames(seed: int = SEED, seconds: float = CLIP_SECONDS) -> Iterator[np.
                 x, y, facing, pose = where
                 draw_animal(frame, visit.kind, x, y, 1.0, facing, pose)
         yield add_noise(frame, rng)
+
+
+def write_check_frames(clip: Path, out: Path, count: int = CHECK_FRAMES) -> list[Path]:
+    """Stills spread over the encoded ``clip`` (its artefacts included) as
+    ``demo-clip-frame-<index>.jpg``: every model is checked on them before it serves, read as
+    JPEG so that the daemon never decodes video for it (feederd.modelchain.clip_frames)."""
+    capture = cv2.VideoCapture(str(clip))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    written = []
+    for index in np.linspace(0, total - 1, count).astype(int):
+        capture.set(cv2.CAP_PROP_POS_FRAMES, int(index))
+        ok, image = capture.read()
+        if not ok:
+            raise RuntimeError(f"{clip}: cannot read frame {index}")
+        path = out / f"demo-clip-frame-{index:03d}.jpg"
+        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        written.append(path)
+    capture.release()
+    return written
 
 
 def write_clip(path: Path, seed: int = SEED, seconds: float = CLIP_SECONDS) -> None:
@@ -555,7 +575,8 @@ def write_truth(path: Path) -> None:
     path.write_text(json.dumps({"seconds": CLIP_SECONDS, "visits": visits}, indent=1) + "\n")
 
 
-ASSETS = ("demo.onnx", "demo-clip.mp4", "demo-clip.json")
+ASSETS = ("demo.onnx", "demo-clip.mp4", "demo-clip.json", "demo-clip-frame-000.jpg",
+          "demo-clip-frame-183.jpg", "demo-clip-frame-366.jpg", "demo-clip-frame-549.jpg")
 # Other numpy / scikit-learn / OpenCV releases round differently: the head's weights moved by
 # 0.009 between numpy 1.26 and 2.4. Within these the assets behave the same.
 WEIGHT_ATOL = 0.05
@@ -568,6 +589,7 @@ def build(out: Path) -> dict[str, int]:
     metrics = write_model(out / "demo.onnx")
     logger.info("model metrics: %s", metrics)
     write_clip(out / "demo-clip.mp4")
+    write_check_frames(out / "demo-clip.mp4", out)
     write_truth(out / "demo-clip.json")
     for kind, answers in clip_report(out / "demo.onnx", out / "demo-clip.mp4").items():
         logger.info("%-9s %s", kind, " ".join(answers))
