@@ -14,6 +14,7 @@ the preprocessing the device applies.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -299,6 +300,17 @@ class BundleRunner:
         self.batch_size = batch_size
         self.render = render
         self.computed = 0
+
+    def derived(self, name: str, transform: Callable[[np.ndarray], np.ndarray]
+                ) -> BundleRunner:
+        """The same model and cache on ``transform`` of what this runner shows it (an
+        augmented copy of every image, say); ``name`` joins the cache key."""
+        inner = self.render
+        runner = copy.copy(self)
+        runner.key = f"{self.key}|{name}"
+        runner.render = transform if inner is None else lambda image: transform(inner(image))
+        runner.computed = 0
+        return runner
 
     def vectors(self, paths: Sequence[Path], progress: Progress | None = None
                 ) -> tuple[np.ndarray, list[str]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cv2
@@ -35,7 +35,7 @@ from feederd.capture.folder import BACKGROUND_GREY, fit_image, place
 from feederd.classifier import square_crop
 from feederd.config import MotionConfig
 from feederd.motion import MotionDetector, downscale_grey
-from feederd.sync.dataset import BundleRunner, VectorCache
+from feederd.sync.dataset import BundleRunner, Item, Progress, VectorCache
 from feederd.sync.workspace import ViewConfig, Workspace
 from feederd.types import Box, Frame
 
@@ -109,6 +109,23 @@ def empty_scenes(view: ViewConfig, count: int, seed: int = 0) -> list[np.ndarray
     return scenes
 
 
+def _flip(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image[:, ::-1])
+
+
+def _zoom(image: np.ndarray, share: float = 0.8) -> np.ndarray:
+    """The centre ``share`` of the crop: the animal a little nearer the camera."""
+    height, width = image.shape[:2]
+    h, w = max(1, round(height * share)), max(1, round(width * share))
+    top, left = (height - h) // 2, (width - w) // 2
+    return np.ascontiguousarray(image[top:top + h, left:left + w])
+
+
+AUGMENTS: dict[str, Render] = {"flip": _flip, "zoom": _zoom}
+"""Label-preserving variants of a device frame, trained beside it (``training.augment``): a
+squirrel seen once at the feeder also comes facing the other way and a little nearer."""
+
+
 def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     """``image`` as a mined sample stores it: JPEG at ``quality``, decoded again."""
     ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -131,3 +148,27 @@ def embedders(workspace: Workspace, setup: Mapping[str, Any], view: ViewConfig,
     photos = BundleRunner(path, cache, f"{key}|{view_key(view)}", "embedding", threads,
                           batch_size, renderer(view))
     return photos, frames
+
+
+def augmented(names: Sequence[str], rendered: BundleRunner, frames: BundleRunner,
+              train_items: Sequence[Item], mined: Sequence[Item], bar: Progress | None
+              ) -> tuple[dict[str, list[np.ndarray]], int]:
+    """Embeddings of the augmented variants (``names``, see ``training.augment``) of every
+    training image (base photos rendered first) by item key, and how many were computed.
+
+    A reply teaches one frame of one squirrel; its mirror image and a nearer crop are the
+    same squirrel. The base photos get the same variants, so augmentation never becomes
+    the mark of the field class."""
+    photos = [i for i in train_items if i.source == "base"]
+    out: dict[str, list[np.ndarray]] = {}
+    computed = 0
+    for name in names:
+        for runner, group in ((rendered, photos), (frames, mined)):
+            if not group:
+                continue
+            derived = runner.derived(f"aug:{name}", AUGMENTS[name])
+            x, _ = derived.vectors([i.path for i in group], bar)
+            computed += derived.computed
+            for item, vector in zip(group, x, strict=True):
+                out.setdefault(item.key, []).append(vector)
+    return out, computed

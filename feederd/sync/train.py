@@ -45,7 +45,7 @@ from feederd.sync.dataset import (
     scan_folder,
     split,
 )
-from feederd.sync.domain import embedders
+from feederd.sync.domain import augmented, embedders
 from feederd.sync.workspace import TrainingConfig, Workspace, safe_name
 
 logger = logging.getLogger(__name__)
@@ -232,6 +232,21 @@ class _Data:
     test: list[Item]
     x: dict[str, np.ndarray]  # item key -> embedding
     shas: dict[str, str]  # item key -> image SHA-256
+    variants: dict[str, list[np.ndarray]] = field(default_factory=dict)  # key -> augmented
+
+
+def _rows(items: Sequence[Item], data: _Data) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The training matrix: each item, then the augmented variants of each; and for every
+    row the index of the item it comes from (variants leave a fold with their original)."""
+    rows = [data.x[i.key] for i in items]
+    y = [i.label for i in items]
+    origin = list(range(len(items)))
+    for n, item in enumerate(items):
+        for vector in data.variants.get(item.key, []):
+            rows.append(vector)
+            y.append(item.label)
+            origin.append(n)
+    return np.stack(rows), y, np.asarray(origin)
 
 
 def train(workspace: Workspace, cfg: TrainingConfig, *, allow_new_class: bool | None = None,
@@ -267,17 +282,16 @@ def train(workspace: Workspace, cfg: TrainingConfig, *, allow_new_class: bool | 
     timings = {"embed_s": time.perf_counter() - started}
     items, dropped = cap_negatives([*data.train, *mined], negatives, cfg.neg_per_pos,
                                    cfg.seed)
-    x = np.stack([data.x[i.key] for i in items])
-    y = [i.label for i in items]
+    x, y, origin = _rows(items, data)
     fit_started = time.perf_counter()
     head = fit_head(x, y, labels, cfg)
     timings["fit_s"] = time.perf_counter() - fit_started
-    oof = _out_of_fold(items, x, y, head, cfg, data.shas)
+    oof = _out_of_fold(items, x, y, origin, head, cfg, data.shas)
     timings["oof_s"] = time.perf_counter() - fit_started - timings["fit_s"]
     metrics = _metrics(head, data, labels, negatives, len(items), dropped, cfg)
     parent = state.get("deployed") or state.get("baseline")
     version = version or _next_version(workspace, state)
-    trained_on = dict(sorted(Counter(y).items()))
+    trained_on = dict(sorted(Counter(i.label for i in items).items()))
     path = _write_bundle(workspace, setup, head, sorted(negatives), version, parent,
                          trained_on, metrics)
     head.save(head_path(workspace, version))
@@ -314,16 +328,19 @@ def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
     try:
         rendered, frames = embedders(workspace, setup, cfg.view, cache, cfg.threads,
                                      cfg.batch_size)
-        with progress_bar(len(photos) + len(mined), "embed", progress) as bar:
+        total = (len(photos) + len(mined)) + len(cfg.augment) * (len(train_items) + len(mined))
+        with progress_bar(total, "embed", progress) as bar:
             x_photos, sha_photos = rendered.vectors([i.path for i in photos], bar)
             x_mined, sha_mined = frames.vectors([i.path for i in mined], bar)
+            variants, computed = augmented(cfg.augment, rendered, frames, train_items, mined,
+                                          bar)
     finally:
         cache.close()
     keys = [i.key for i in [*photos, *mined]]
     vectors = [*x_photos, *x_mined]
     data = _Data(train_items, test_items, dict(zip(keys, vectors, strict=True)),
-                 dict(zip(keys, [*sha_photos, *sha_mined], strict=True)))
-    computed = rendered.computed + (frames.computed if frames is not rendered else 0)
+                 dict(zip(keys, [*sha_photos, *sha_mined], strict=True)), variants)
+    computed += rendered.computed + (frames.computed if frames is not rendered else 0)
     return data, computed
 
 
@@ -349,9 +366,11 @@ def _scene_items(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfi
     return [Item(p, negatives[0], "scene", f"scene:{p.name}") for p in paths]
 
 
-def _out_of_fold(items: Sequence[Item], x: np.ndarray, y: Sequence[str], full: Head,
-                 cfg: TrainingConfig, shas: dict[str, str]) -> dict[str, list[float]]:
-    """Probabilities for each mined sample from a head that did not see it."""
+def _out_of_fold(items: Sequence[Item], x: np.ndarray, y: Sequence[str], origin: np.ndarray,
+                 full: Head, cfg: TrainingConfig, shas: dict[str, str]
+                 ) -> dict[str, list[float]]:
+    """Probabilities for each mined sample from a head that saw neither it nor its variants
+    (rows of ``x`` come from ``items[origin[row]]``)."""
     mined = [n for n, item in enumerate(items) if item.source == "mined"]
     if not mined:
         return {}
@@ -362,8 +381,7 @@ def _out_of_fold(items: Sequence[Item], x: np.ndarray, y: Sequence[str], full: H
         held = [n for n in mined if fold_of[n] == fold]
         if not held:
             continue
-        keep = np.ones(len(items), bool)
-        keep[held] = False
+        keep = ~np.isin(origin, held)
         head = fit_head(x[keep], [y[int(i)] for i in np.flatnonzero(keep)], full.labels, cfg,
                         warm=full)
         for n, probs in zip(held, head.probs(x[held]), strict=True):

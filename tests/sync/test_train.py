@@ -13,7 +13,15 @@ from feederd.classifier import Classifier
 from feederd.errors import SyncError
 from feederd.sync.dataset import Item, VectorCache, scan_folder, split
 from feederd.sync.domain import view_key
-from feederd.sync.train import cap_negatives, check_labels, fit_head, train
+from feederd.sync.train import (
+    _Data,
+    _out_of_fold,
+    _rows,
+    cap_negatives,
+    check_labels,
+    fit_head,
+    train,
+)
 from feederd.sync.workspace import TrainingConfig, Workspace
 from sync.conftest import COUNTS, Setup, init_args
 from sync.helpers import add_samples, jpeg, photo, run_json, run_sync, spool_dir, sync_config
@@ -137,6 +145,18 @@ class TestTrain:
         finally:
             cache.close()
 
+    def test_augmented_variants_train_beside_their_images_and_are_cached(
+            self, setup: Setup) -> None:
+        pulled(setup, squirrels(3))
+        ws = Workspace(setup.tmp / "workspace", "feeder")
+        flipped = CFG.model_copy(update={"augment": ["flip"]})
+        first = train(ws, flipped)
+        # the 3 new samples, then every training image once more, mirrored (base photos,
+        # empty-feeder crops, field negatives; never the held-out photos)
+        assert first.embedded == 3 + sum(first.trained_on.values())
+        assert first.trained_on == train(ws, CFG).trained_on  # counts are of images
+        assert train(ws, flipped).embedded == 0
+
     def test_labels_the_base_dataset_lacks_are_a_clear_error(self, setup: Setup) -> None:
         pulled(setup, squirrels(3, label="squirrel"))
         proc = run_sync(setup.config, "train", check=False)
@@ -165,6 +185,24 @@ def items(labels: dict[str, int], source: str = "base") -> list[Item]:
 
 
 class TestNegativeCap:
+    def test_a_mined_sample_is_graded_by_a_head_that_saw_neither_it_nor_its_variants(
+            self) -> None:
+        rng = np.random.default_rng(0)
+        base = [Item(Path(f"b{n}"), "bird" if n % 2 else "other", "base", f"b{n}")
+                for n in range(40)]
+        odd = Item(Path("m"), "other_field", "mined", "m")
+        x = {i.key: rng.normal(size=4) + (2.0 if i.label == "bird" else 0.0) for i in base}
+        x["m"] = np.array([9.0, 9.0, -9.0, 9.0])  # unlike anything else
+        data = _Data(base, [], x, {k: k for k in x}, {"m": [x["m"] + 0.01]})
+        items = [*base, odd]
+        rows, y, origin = _rows(items, data)
+        assert len(rows) == len(items) + 1 and origin[-1] == len(items) - 1
+        labels = ["bird", "other", "other_field"]
+        full = fit_head(rows, y, labels, CFG)
+        oof = _out_of_fold(items, rows, y, origin, full, CFG, data.shas)
+        assert full.probs(x["m"][None])[0, 2] > 0.5  # the full head learnt it
+        assert oof["m"][2] < 0.1  # its mirror image did not teach the out-of-fold head
+
     def test_negatives_are_capped_per_positive(self) -> None:
         kept, dropped = cap_negatives(items({"robin": 5, "jay": 5, "other": 100}), {"other"},
                                       3, seed=0)
