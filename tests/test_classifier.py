@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from feederd.assets import demo_clip_path, demo_model_path
 from feederd.bundle import InputSpec
-from feederd.classifier import Classifier, crop_square, square_crop, validate_bundle
+from feederd.classifier import (
+    Classifier,
+    crop_square,
+    noise_image,
+    square_crop,
+    validate_bundle,
+)
 from feederd.errors import ModelError
 from feederd.sync.build import write_metadata
 from feederd.types import Box
@@ -370,3 +377,19 @@ class TestMappedLoad:
         broken.write_bytes(data[:len(data) // 2])
         with pytest.raises(ModelError, match=r"broken\.onnx"):
             Classifier(broken, threads=1)
+
+
+class TestTestImages:
+    def test_the_noise_test_image_spans_every_grey_level_the_same_way_each_time(self) -> None:
+        image = noise_image(64, 48)
+        assert image.shape == (64, 48, 3) and image.dtype == np.uint8
+        assert np.unique(image).size == 256 and image.std() > 60
+        assert np.array_equal(image, noise_image(64, 48))
+
+    def test_loading_a_bundle_imports_no_numpy_random(self) -> None:
+        code = ("import sys; from feederd.classifier import Classifier; "
+                "from feederd.assets import demo_model_path; Classifier(demo_model_path()); "
+                "print('numpy.random' in sys.modules)")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=60, check=True)
+        assert result.stdout.strip() == "False"
