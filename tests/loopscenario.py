@@ -31,9 +31,10 @@ from sync.test_scenario import link_birds, link_files
 
 from feederd.capture.folder import FolderSource
 from feederd.classifier import Classifier
-from feederd.config import Settings, load_settings
+from feederd.config import Settings, SpoolConfig, load_settings
 from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.pipeline import Pipeline
+from feederd.spool import Spool
 from feederd.sync.dataset import scan_folder, split
 from feederd.types import Alert, ClassifiedFrame, VisitSummary
 from feederd.visits import VisitTracker
@@ -139,13 +140,22 @@ class Loop:
         finally:
             assert daemon.stop() == 0, daemon.log
             probe.close()
+        rejected = rejected_spooled(self.tmp / name / "device" / "spool")
         started = time.monotonic()
         if while_running:
             summary = loop_while_running(daemon_config, sync, self.broker)
         else:
             summary = run_json(sync, "loop")
-        return {"replied": replied, "summary": summary, "loop_s": time.monotonic() - started,
+        return {"replied": replied, "rejected_spooled": rejected, "summary": summary,
+                "loop_s": time.monotonic() - started,
                 "device_model": (self.tmp / name / "device" / "models" / "current").resolve()}
+
+
+def rejected_spooled(spool: Path) -> int:
+    """Distinct frames the device spooled as the owner's "not a bird" (its dedup applied)."""
+    with Spool(spool, SpoolConfig(), writer=False) as store:
+        return sum(s.label_source == "user" and "rejected" in s.reasons
+                   for s in store.ls(limit=100_000))
 
 
 def loop_while_running(daemon_config: Path, sync: Path, broker: Mosquitto) -> Any:

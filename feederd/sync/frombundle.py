@@ -2,11 +2,11 @@
 labelled photo folder, from the owner's replies and the device's mined samples alone.
 
 The baseline is the shipped bundle itself (copied into the workspace); each ``train`` builds
-the reject gate of :mod:`feederd.sync.reject` from every labelled pulled sample (negatives are
-the prototypes, confirmed species guard the threshold) into one ONNX file. The gate's
-answers on the samples it was built from are written out-of-fold (each fold's negatives
-removed from the prototypes and the threshold), so ``evaluate`` grades "fewer false alerts"
-on frames the candidate did not memorise.
+the reject gate of :mod:`feederd.sync.reject` from every labelled pulled sample (negatives and
+their augmented views are the prototypes, confirmed species guard the threshold) into one ONNX
+file. The gate's answers on the samples it was built from are written out-of-fold (each fold
+of rejected *visits* removed, views included, from the prototypes and the threshold), so
+``evaluate`` grades "fewer false alerts" on visits the candidate did not memorise.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from feederd.bundle import read_bundle
 from feederd.errors import SyncError
 from feederd.sync.dataset import BundleRunner, Item, VectorCache, mined_items
 from feederd.sync.reject import (
-    ALPHA,
+    VIEWS,
     base_metadata,
+    calibrate,
     gated_bundle,
     gated_probs,
-    threshold,
 )
 from feederd.sync.workspace import TrainingConfig, Workspace
 
@@ -89,21 +89,28 @@ def train_gate(workspace: Workspace, cfg: TrainingConfig, setup: dict[str, Any],
     negative = [i for i in mined if i.label in base_negatives or i.label == field_label]
     positive = [i for i in mined if i not in negative]
     x_neg, x_pos, probs, shas = _embed(workspace, setup, cfg, negative, positive)
-    tau = threshold(x_neg, x_pos)
-    oof = _out_of_fold(negative, positive, x_neg, x_pos, probs, shas, cfg)
+    groups = _visits(negative)
+    views, view_groups = _views(workspace, setup, cfg, negative, groups)
+    protos, proto_groups = np.vstack([x_neg, views]), np.concatenate([groups, view_groups])
+    tau, alpha = calibrate(x_neg, x_pos, groups, protos, proto_groups)
+    oof = _out_of_fold(negative, positive, x_neg, x_pos, probs, shas, cfg, groups,
+                       (protos, proto_groups))
     parent = state.get("deployed") or state.get("baseline")
     version = version or training._next_version(workspace, state)
     trained_on = dict(sorted(Counter(
         [field_label] * len(negative) + [i.label for i in positive]).items()))
-    metrics = {"reject_gate": {"prototypes": len(negative), "guards": len(positive),
-                               "tau": round(tau, 4), "alpha": ALPHA}}
+    metrics = {"reject_gate": {"prototypes": len(protos), "negatives": len(negative),
+                               "visits": len(np.unique(groups)), "guards": len(positive),
+                               "tau": round(tau, 4), "alpha": round(alpha, 2)}}
     meta = _metadata(base, field_label, version, parent, trained_on, metrics)
-    path = gated_bundle(base, x_neg, tau, field_label, workspace.model_path(version), meta)
+    path = gated_bundle(base, protos, tau, field_label, workspace.model_path(version), meta,
+                        alpha)
     items = [*negative, *positive]
     training._write_sidecar(workspace, version, parent, items, shas, oof, 0)
     training._remember(workspace, version, parent, path, trained_on, metrics,
                        sorted(base_negatives | {field_label}))
-    logger.info("reject gate %s: %d prototypes, tau %.3f", version, len(negative), tau)
+    logger.info("reject gate %s: %d rejected frames of %d visits, %d prototypes, tau %.3f",
+                version, len(negative), len(np.unique(groups)), len(protos), tau)
     return training.TrainResult(version, path, parent, [*labels, field_label], trained_on,
                                 metrics, len(items), 0, time.perf_counter() - started)
 
@@ -131,24 +138,52 @@ def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
             probs, shas)
 
 
+def _visits(items: Sequence[Item]) -> np.ndarray:
+    """Each item's visit as a small integer (an item without one is a visit of its own)."""
+    names = [(i.sample or {}).get("visit_id") or i.key for i in items]
+    index = {name: n for n, name in enumerate(dict.fromkeys(names))}
+    return np.array([index[name] for name in names], int)
+
+
+def _views(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
+           negative: Sequence[Item], groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of every negative's augmented views (:data:`VIEWS`), and their visits."""
+    paths = [i.path for i in negative]
+    cache = VectorCache(workspace.cache_path)
+    try:
+        bundle = workspace.dir / setup["from_bundle"]
+        embed = BundleRunner(bundle, cache, setup["embedder_key"], "embedding", cfg.threads,
+                             cfg.batch_size)
+        parts = [embed.derived(f"view:{name}", render).vectors(paths)[0]
+                 for name, render in VIEWS.items()]
+    finally:
+        cache.close()
+    width = parts[0].shape[1] if parts and parts[0].size else 0
+    return (np.vstack([p.reshape(-1, width) for p in parts]) if parts else np.zeros((0, 0)),
+            np.tile(groups, len(parts)))
+
+
 def _out_of_fold(negative: Sequence[Item], positive: Sequence[Item], x_neg: np.ndarray,
                  x_pos: np.ndarray, probs: np.ndarray, shas: dict[str, str],
-                 cfg: TrainingConfig) -> dict[str, list[float]]:
-    """Each sample's gated probabilities from a gate built without its fold."""
+                 cfg: TrainingConfig, groups: np.ndarray,
+                 prototypes: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:
+    """Each sample's gated probabilities from a gate built without its fold (of visits)."""
     items = [*negative, *positive]
     x = np.vstack([x_neg, x_pos]) if len(x_pos) else x_neg
-    folds = max(2, min(cfg.folds, len(negative)))
-    fold_of = np.arange(len(items)) % folds
+    visits = np.unique(groups)
+    folds = max(2, min(cfg.folds, len(visits)))
+    fold_of = np.concatenate([groups % folds, np.arange(len(positive)) % folds])
+    protos, proto_groups = prototypes
     oof: dict[str, list[float]] = {}
     for fold in range(folds):
         held = np.flatnonzero(fold_of == fold)
-        keep_neg = np.array([n for n in range(len(negative)) if fold_of[n] != fold], int)
-        keep_pos = np.array([n for n in range(len(positive))
-                             if fold_of[len(negative) + n] != fold], int)
-        if len(keep_neg) < 2 or not len(held):
+        keep = fold_of[:len(negative)] != fold
+        keep_protos = proto_groups % folds != fold
+        if keep.sum() < 2 or not len(held):
             continue
-        tau = threshold(x_neg[keep_neg], x_pos[keep_pos] if len(keep_pos) else x_pos[:0])
-        gated = gated_probs(probs[held], x[held], x_neg[keep_neg], tau)
+        tau, alpha = calibrate(x_neg[keep], x_pos[fold_of[len(negative):] != fold],
+                               groups[keep], protos[keep_protos], proto_groups[keep_protos])
+        gated = gated_probs(probs[held], x[held], protos[keep_protos], tau, alpha)
         for n, row in zip(held, gated, strict=True):
             oof[shas[items[n].key]] = [round(float(p), 6) for p in row]
     return oof

@@ -9,26 +9,41 @@ in front of its species head, inside the same ONNX file:
     field logit = logsumexp(base logits) + alpha * (max_j cos(embedding, n_j) - tau)
 
 where ``n_j`` are the embeddings of the owner's field negatives (rejected frames, and other
-mined samples labelled as nothing of interest). The softmax over ``[base logits, field
-logit]`` gives the field class ``<negative>_field`` the probability sigmoid(alpha * (s - tau))
-and scales every species by the rest: the species' order among themselves is the base
-model's, so the base model's species accuracy can only change where a frame looks like what
-the owner rejected. ``tau`` is the lower ``cover`` quantile of each negative's similarity to
-its nearest *other* negative (so a new frame as close to the rejected ones as they are to each
-other is caught), raised above every positive the owner confirmed (``correct`` / corrected
-replies), which must stay species.
+mined samples labelled as nothing of interest) and of augmented views of them. The softmax over
+``[base logits, field logit]`` gives the field class ``<negative>_field`` the probability
+sigmoid(alpha * (s - tau)) and scales every species by the rest: the species' order among
+themselves is the base model's, so the base model's species accuracy can only change where a
+frame looks like what the owner rejected.
+
+Few rejections teach little on their own: 25 replies at a feeder are often a dozen animals
+coming back. So each rejected frame also gives :data:`VIEWS`, the same frame as the camera
+could have shown that animal (mirrored, closer, off-centre, lighter, darker), each through
+the device's JPEG; a new squirrel facing the other way is then near one of them. ``tau`` is
+chosen by cross-validation on the owner's own rejections: each rejected *visit* is held out in
+turn and scored against the prototypes of the other visits (views included), and ``tau`` is the
+similarity that would have caught ``cover`` of them (frames of one visit are near-duplicates of
+each other, so holding out single frames would make every rejection look easy). It never goes
+below ``floor`` (AIY embeddings of unrelated photos reach cosine ~0.5) and stays ``guard``
+above every positive the owner confirmed (``correct`` / corrected replies). ``alpha`` puts
+P(field) at 0.95 at the held-out visits' median similarity: a softer gate than a step, so a
+squirrel a little below ``tau`` still loses some of its (usually modest) species confidence
+while a bird far below keeps all of its.
 
 Nearest-prototype rather than a logistic head: with no positive photos a discriminative head
-has nothing to separate the negatives from, while a similarity gate needs only the negatives
-and is conservative by construction (far from every rejected frame, nothing changes).
+has nothing to separate the negatives from (the species head's weight rows are no stand-in:
+trained against them, a head calls a third of the CUB photos "field"), while a similarity
+gate needs only the negatives and is conservative by construction (far from every rejected
+frame, nothing changes).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -39,9 +54,12 @@ from feederd.errors import SyncError
 
 logger = logging.getLogger(__name__)
 
-ALPHA = 60.0  # sharpness: 0.1 of cosine similarity moves P(field) from 0.05 to 0.95
-COVER = 0.5  # tau: this quantile of the negatives' nearest-other-negative similarity
+ALPHA = 60.0  # sharpness by default: 0.1 of cosine similarity moves P(field) 0.05 -> 0.95
+ALPHA_RANGE = (15.0, 200.0)  # the sharpness calibrate() chooses stays within these
+COVER = 0.75  # tau catches this share of the rejected visits, each held out in turn
+FLOOR = 0.5  # tau never goes below this cosine similarity
 GUARD = 0.02  # tau stays this far above every confirmed positive's similarity
+JPEG_QUALITY = 90  # the device's mining.jpeg_quality default: a view is stored as a sample is
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -57,18 +75,82 @@ def nearest(x: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     return np.asarray((unit(x) @ unit(prototypes).T).max(axis=1), np.float64)
 
 
-def threshold(negatives: np.ndarray, positives: np.ndarray, cover: float = COVER,
-              guard: float = GUARD) -> float:
-    """``tau``: see the module docstring. Needs at least two negatives."""
+def threshold(negatives: np.ndarray, positives: np.ndarray,
+              groups: np.ndarray | None = None, prototypes: np.ndarray | None = None,
+              prototype_groups: np.ndarray | None = None, *, cover: float = COVER,
+              guard: float = GUARD, floor: float = FLOOR) -> float:
+    """``tau`` of :func:`calibrate`."""
+    return calibrate(negatives, positives, groups, prototypes, prototype_groups, cover=cover,
+                     guard=guard, floor=floor)[0]
+
+
+def calibrate(negatives: np.ndarray, positives: np.ndarray,
+              groups: np.ndarray | None = None, prototypes: np.ndarray | None = None,
+              prototype_groups: np.ndarray | None = None, *, cover: float = COVER,
+              guard: float = GUARD, floor: float = FLOOR) -> tuple[float, float]:
+    """``(tau, alpha)``: see the module docstring.
+
+    ``groups``: each negative's visit (default: one each; fewer than two visits also count
+    each frame on its own); ``prototypes`` and ``prototype_groups``: what the gate compares
+    with (default: the negatives themselves), each with its negative's visit. ``alpha`` makes
+    P(field) 0.95 at the held-out visits' median similarity: a backbone whose similarities
+    spread little gets a sharper gate.
+    """
     if len(negatives) < 2:
         raise SyncError("the reject gate needs at least two field negatives (frames the owner "
                         "rejected); reply 'not a bird' to false alerts, pull, and train again")
-    sims = unit(negatives) @ unit(negatives).T
-    np.fill_diagonal(sims, -1.0)
-    tau = float(np.quantile(sims.max(axis=1), cover))
+    if groups is None or len(np.unique(groups)) < 2:
+        groups, prototype_groups = np.arange(len(negatives)), None
+    if prototypes is None or prototype_groups is None:
+        prototypes, prototype_groups = negatives, groups
+    caught = [float(nearest(negatives[groups == g], prototypes[prototype_groups != g]).max())
+              for g in np.unique(groups)]
+    tau = max(float(np.quantile(caught, 1.0 - cover)), floor)
+    alpha = float(np.clip(np.log(19.0) / max(float(np.median(caught)) - tau, 1e-3),
+                          *ALPHA_RANGE))
     if len(positives):
-        tau = max(tau, float(nearest(positives, negatives).max()) + guard)
-    return min(tau, 0.999)
+        tau = max(tau, float(nearest(positives, prototypes).max()) + guard)
+    return min(tau, 0.999), alpha
+
+
+# --- augmented views of a rejected frame -------------------------------------------------------
+
+Render = Callable[[np.ndarray], np.ndarray]
+
+
+def _crop(share: float, fx: float, fy: float, mirror: bool) -> Render:
+    """A ``share``-sized square window at (fx, fy) of the free room, mirrored or not."""
+    def render(image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        ch, cw = max(1, int(h * share)), max(1, int(w * share))
+        y, x = int((h - ch) * fy), int((w - cw) * fx)
+        out = image[y:y + ch, x:x + cw]
+        return _stored(out[:, ::-1] if mirror else out)
+    return render
+
+
+def _light(gain: float) -> Render:
+    return lambda image: _stored(np.clip(image * gain, 0, 255).astype(np.uint8))
+
+
+def _stored(image: np.ndarray) -> np.ndarray:
+    """As a mined sample is stored: JPEG at the device's quality, decoded again."""
+    ok, data = cv2.imencode(".jpg", np.ascontiguousarray(image),
+                            [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise SyncError(f"cannot encode a {image.shape} view of a rejected frame as JPEG")
+    return np.asarray(cv2.imdecode(data, cv2.IMREAD_COLOR))
+
+
+VIEWS: dict[str, Render] = {
+    "mirror": _crop(1.0, 0.0, 0.0, True),
+    **{f"crop80-{fx}{fy}{'m' if m else ''}": _crop(0.8, fx, fy, m)
+       for fx, fy in ((0.5, 0.5), (0, 0), (1, 0), (0, 1), (1, 1)) for m in (False, True)},
+    "crop65": _crop(0.65, 0.5, 0.5, False), "crop65m": _crop(0.65, 0.5, 0.5, True),
+    "dark": _light(0.75), "light": _light(1.25),
+}
+"""Each rejected frame's augmented views (the frame itself is the prototype beside them), by
+a stable name (cache keys)."""
 
 
 def field_probability(x: np.ndarray, prototypes: np.ndarray, tau: float,
@@ -185,5 +267,5 @@ def base_metadata(base: Path) -> dict[str, Any]:
             if p.key.startswith(METADATA_PREFIX)}
 
 
-__all__ = ["field_probability", "gated_bundle", "gated_probs", "nearest",
+__all__ = ["VIEWS", "calibrate", "field_probability", "gated_bundle", "gated_probs", "nearest",
            "threshold", "unit"]

@@ -13,7 +13,7 @@ import pytest
 from feederd.bundle import InputSpec, read_bundle
 from feederd.classifier import Classifier
 from feederd.sync.build import imagenet_bundle
-from feederd.sync.reject import field_probability, gated_probs, threshold
+from feederd.sync.reject import VIEWS, field_probability, gated_probs, threshold
 from sync.helpers import (
     BACKBONE_TENSOR,
     add_samples,
@@ -90,10 +90,12 @@ class TestRejectGate:
         # the graph computes exactly what the gate's numpy twin says
         pulled = [cv2.imdecode(np.frombuffer(jpeg(photo("squirrel", 500 + n)), np.uint8),
                                cv2.IMREAD_COLOR) for n in range(12)]
-        prototypes = gated.classify_batch(pulled)[1]
+        views = [*pulled, *(view(i) for view in VIEWS.values() for i in pulled)]
+        prototypes = gated.classify_batch(views)[1]
         assert prototypes is not None
-        tau = float(bundle.metrics["reject_gate"]["tau"])
-        twin = gated_probs(p_base, x, prototypes, tau)
+        gate = bundle.metrics["reject_gate"]
+        assert gate["prototypes"] == len(views) == 12 * (1 + len(VIEWS))
+        twin = gated_probs(p_base, x, prototypes, float(gate["tau"]), float(gate["alpha"]))
         assert np.abs(twin - p_gated).max() < 2e-3
 
     def test_far_from_every_rejection_nothing_changes(self) -> None:
@@ -110,3 +112,54 @@ class TestRejectGate:
         confirmed = negatives[:1] + rng.normal(0, 0.3, (1, 8))
         tau = threshold(negatives[1:], confirmed)
         assert field_probability(confirmed, negatives[1:], tau)[0] < 0.5
+
+
+@pytest.mark.shared_data
+@pytest.mark.timeout(600)
+class TestShippedBirdModel:
+    """The shipped AIY Birds V1 bundle, real squirrel photos as the device frames them: a dozen
+    rejected squirrels teach the gate to stop most alerts on squirrels it never saw, and the
+    CUB birds it knows keep their top-1 answers."""
+
+    def test_a_dozen_rejected_squirrels_stop_most_alerts_on_other_squirrels_not_on_birds(
+            self, tmp_path: Path, shared_data: Path) -> None:
+        from feederd.assets import default_model_path
+        from feederd.sync.domain import DeviceView
+        from feederd.sync.workspace import ViewConfig
+
+        shipped = default_model_path()
+        base = Classifier(shipped)
+        view = DeviceView(ViewConfig())
+        squirrels = sorted((shared_data / "images" / "squirrel").rglob("*.jpg"))
+        seen = [view.render(cv2.imread(str(p))) for p in squirrels[::2]]
+        unseen = [view.render(cv2.imread(str(p))) for p in squirrels[1::2][:120]]
+        known = set(base.bundle.labels)
+        cub = [p for p in sorted((shared_data / "images" / "bird").glob("*/*"))
+               if p.parent.name in known][::2]
+        birds = [cv2.imread(str(p)) for p in cub]
+
+        def alerts(classifier: Classifier, frames: list[np.ndarray]) -> np.ndarray:
+            probs, _ = classifier.classify_batch(frames)
+            top = probs.argmax(axis=1)
+            return np.array([not classifier.bundle.is_negative(classifier.bundle.labels[k])
+                             and probs[n, k] >= 0.5 for n, k in enumerate(top)])
+
+        rejected = [f for f, alerted in zip(seen, alerts(base, seen), strict=True) if alerted]
+        assert len(rejected) >= 8, "the base model alerts on too few squirrels to test"
+        config = start(tmp_path, shipped)
+        for n, frame in enumerate(rejected[:12]):
+            add_samples(spool_dir(tmp_path), [(jpeg(frame), "background", "user",
+                                               ["rejected"])],
+                        visit=f"20250101T000000.000Z-{n:04d}")
+        run_sync(config, "pull")
+        trained = run_json(config, "train")
+        gated = Classifier(Path(trained["file"]))
+
+        before, after = alerts(base, unseen).sum(), alerts(gated, unseen).sum()
+        truth = [base.bundle.labels.index(p.parent.name) for p in cub]
+        top1 = [float(np.mean(c.classify_batch(birds)[0].argmax(axis=1) == truth))
+                for c in (base, gated)]
+        print(f"\nalerts on {len(unseen)} unseen squirrels {before} -> {after}; CUB top-1 "
+              f"on {len(cub)} photos {top1[0]:.3f} -> {top1[1]:.3f}; {trained['metrics']}")
+        assert after <= before // 2, (before, after)
+        assert top1[1] >= top1[0] - 0.01, top1

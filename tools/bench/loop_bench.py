@@ -83,6 +83,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     for k, run in runs.items():
         device = loop.baseline if run is None else run["device_model"]
         row = {"k": k, "replies": len(run["replied"]) if run else 0,
+               "rejected_spooled": run["rejected_spooled"] if run else 0,
                "gate": run["summary"]["gate"] if run else None,
                "pushed": bool(run and run["summary"]["pushed"]), "device": scored[device]}
         if run:
@@ -102,7 +103,8 @@ def _candidate(loop: Loop, run: dict[str, Any]) -> Path:
 def _print(row: dict[str, Any], base: dict[str, Any]) -> None:
     device = row["device"]
     if "cub_top1" in device:
-        print(f"K={row['k']:>2} replies {row['replies']:>2} gate {row['gate']} pushed "
+        print(f"K={row['k']:>2} replies {row['replies']:>2} (distinct rejected frames spooled "
+              f"{row['rejected_spooled']}) gate {row['gate']} pushed "
               f"{row['pushed']}: false alerts {device['false_alerts']}/{device['squirrels']} "
               f"({device['false_alert_rate']:.1%}) CUB top-1 {device['cub_top1']} (base "
               f"{base['cub_top1']})", file=sys.stderr)
