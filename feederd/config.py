@@ -173,6 +173,10 @@ class MiningConfig(Section):
     missed_share: float = Field(0.5, ge=0, le=1, description="Share of a visit's frames with "
                                 "evidence (animal-sized object or empty feeder) that must show "
                                 "an animal for a visit without an alert to be a missed_visit.")
+    empty_scene_interval_s: float = Field(600.0, ge=0, description="At most one empty_scene "
+                                          "sample (a visit with motion but no object, no "
+                                          "alert: a cheap negative) per this many seconds; 0: "
+                                          "none.")
     min_gap_s: float = Field(1.0, ge=0, le=3600, description="Picks of one visit are at least "
                              "this far apart (spread over the visit, not bunched).")
     dedup_cosine: float = Field(0.9, ge=0, le=1, description="Embedding cosine similarity at "

@@ -68,6 +68,7 @@ class Collector:
         # of the visit is labelled when it closes (a squirrel stays long after its alert).
         self._open_replies: OrderedDict[str, tuple[Feedback, set[int]]] = OrderedDict()
         self.counters: Counter[str] = Counter()
+        self._last_empty_scene = -float("inf")
         self.set_bundle(bundle)
 
     def set_bundle(self, bundle: Bundle) -> None:
@@ -103,7 +104,8 @@ class Collector:
             _trim(self._visits)
             reply = self._open_replies.pop(summary.event_id, None)
         candidates = mine_visit(frames, self._cfg, frozenset(self._bundle.negative_labels),
-                                negative_label=self.negative_label, alerted=summary.alerted)
+                                negative_label=self.negative_label, alerted=summary.alerted,
+                                empty_scene=self._empty_scene_due())
         if reply is not None:
             candidates = self._under_reply(frames, candidates, *reply)
         keep = {c.frame.seq for c in candidates} | set(feedback_frames(frames, self._cfg))
@@ -131,6 +133,13 @@ class Collector:
                        if applies and target is not None else cand)
         return out
 
+    def _empty_scene_due(self) -> bool:
+        """Whether a visit may give an empty_scene sample now: one per
+        ``mining.empty_scene_interval_s`` at most, so an empty feeder's shadows cost a few
+        small writes an hour, never one a visit."""
+        interval = self._cfg.empty_scene_interval_s
+        return interval > 0 and time.monotonic() - self._last_empty_scene >= interval
+
     def _store(self, visit_id: str, candidates: Sequence[Candidate], version: str) -> int:
         if self._spool is None:
             return 0
@@ -141,6 +150,9 @@ class Collector:
                 continue
             self._spool.put(candidate, jpeg, version or self._bundle.version)
             stored += 1
+            if "empty_scene" in candidate.reasons:
+                self._last_empty_scene = time.monotonic()
+                self.counters["empty_scenes"] += 1
         self.counters["mined"] += stored
         return stored
 

@@ -24,6 +24,11 @@ When a visit closes, :func:`mine_visit` looks at its frames alone:
 - ``missed_visit``: a visit that raised no alert although an animal-sized object was in at
   least ``missed_share`` of its classified frames: the model does not know this visitor, and
   these frames are the ones most worth the owner's look (unlabelled).
+- ``empty_scene`` (when the caller allows one, see ``mining.empty_scene_interval_s``): a
+  visit that raised no alert and in which the evidence never saw an object (motion with
+  nothing of interest: a shadow, a lighting change, the empty feeder after a bird left): its
+  empty frame nearest to a species, pseudo-labelled with the generic negative label. A cheap
+  negative set nobody has to reply to: the camera, not the model, says the crop is empty.
 
 Frames nearer the visit's ends than ``flicker_window`` are never flickers: a bird arriving or
 leaving changes the answer there for real.
@@ -55,7 +60,7 @@ from feederd.task import DEFAULT_NEGATIVE
 from feederd.types import ClassifiedFrame, Decision
 
 Reason = Literal["low_margin", "rejected", "corrected", "confirmed", "flicker_negative",
-                 "flicker_positive", "disagreement", "missed_visit"]
+                 "flicker_positive", "disagreement", "missed_visit", "empty_scene"]
 LabelSource = Literal["user", "pseudo"]
 Evidence = Literal["empty", "object", "unknown"]
 
@@ -128,13 +133,15 @@ def evidence(frame: ClassifiedFrame, cfg: MiningConfig) -> Evidence:
 
 def mine_visit(frames: Sequence[ClassifiedFrame], cfg: MiningConfig,
                negative_labels: frozenset[str], *, negative_label: str = DEFAULT_NEGATIVE,
-               alerted: bool = False, hashes: dict[int, int] | None = None) -> list[Candidate]:
+               alerted: bool = False, hashes: dict[int, int] | None = None,
+               empty_scene: bool = False) -> list[Candidate]:
     """The hard examples of one closed visit, most useful first, diverse, at most
     ``cfg.max_per_visit``.
 
     ``negative_labels`` and every frame's task decision say what means "nothing of interest";
     ``negative_label`` is the bundle's generic negative class that pseudo-labels use;
-    ``alerted``: whether the visit raised an alert (a visit that did not may be missed).
+    ``alerted``: whether the visit raised an alert (a visit that did not may be missed);
+    ``empty_scene``: whether an ``empty_scene`` sample may be taken (the caller rate-limits).
     """
     if not cfg.enabled:
         return []
@@ -150,7 +157,28 @@ def mine_visit(frames: Sequence[ClassifiedFrame], cfg: MiningConfig,
         if reasons:
             source: LabelSource | None = "pseudo" if label is not None else None
             found.append((frame, tuple(reasons), label, source))
+    if empty_scene and not alerted and not any(f[2] for f in found):
+        found += _empty_scene(ordered, decisions, seen, negative_label)
     return _select(found, cfg, hashes, spread=True)
+
+
+def _empty_scene(frames: Sequence[ClassifiedFrame], decisions: Sequence[Decision],
+                 seen: Sequence[Evidence], negative_label: str) -> list[_Found]:
+    """The ``empty_scene`` pick of an unalerted visit: none if the evidence saw an object
+    anywhere in it, else its empty frame whose best species came nearest to alerting."""
+    if "object" in seen:
+        return []
+    empty = [n for n, e in enumerate(seen) if e == "empty"]
+    if not empty:
+        return []
+    best = max(empty, key=lambda n: _species_score(decisions[n]))
+    return [(frames[best], ("empty_scene",), negative_label, "pseudo")]
+
+
+def _species_score(d: Decision) -> float:
+    """How near a decision came to a species: its confidence when it is one, else the
+    runner-up's (the best species against the summed negatives)."""
+    return d.confidence if d.of_interest else d.confidence - d.margin
 
 
 def _is_missed(seen: Sequence[Evidence], cfg: MiningConfig) -> bool:

@@ -46,7 +46,7 @@ from feederd.sync.dataset import (
     split,
 )
 from feederd.sync.domain import augmented, embedders
-from feederd.sync.workspace import TrainingConfig, Workspace, safe_name
+from feederd.sync.workspace import EVIDENCE_REASONS, TrainingConfig, Workspace, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,10 @@ FIELD_SUFFIX = "_field"
 
 
 def field_negative(item: Item, base_negatives: set[str]) -> Item:
-    """A mined sample labelled ``other`` trains as ``other_field`` (see ``field_class``)."""
-    if item.label in base_negatives:
+    """A mined sample labelled ``other`` trains as ``other_field`` (see ``field_class``);
+    the device's empty scenes stay in ``other``, as the empty-feeder crops made here do."""
+    reasons = set((item.sample or {}).get("reasons") or ())
+    if item.label in base_negatives and not reasons & EVIDENCE_REASONS:
         return replace(item, label=item.label + FIELD_SUFFIX)
     return item
 

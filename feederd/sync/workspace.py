@@ -513,12 +513,17 @@ class SampleIndex:
                               _now() if source else None, sample_id, sha256))
 
 
+EVIDENCE_REASONS = frozenset({"empty_scene"})
+"""Pseudo-labels the camera's evidence gives, not the model: they train without review."""
+
+
 def training_label(sample: Mapping[str, Any], use_pseudo: bool = False) -> str | None:
     """The label a sample trains with, or None (not yet reviewed, or excluded by the owner)."""
     if sample.get("review_source"):
         return sample.get("review_label") or None
     source = sample.get("label_source")
     label = sample.get("label")
-    if label and (source == "user" or (use_pseudo and source == "pseudo")):
+    evidence = bool(EVIDENCE_REASONS.intersection(sample.get("reasons") or ()))
+    if label and (source == "user" or (source == "pseudo" and (use_pseudo or evidence))):
         return str(label)
     return None

@@ -5,7 +5,8 @@ frame (or ``empty``). A mined crop *contains the animal* when at least half of t
 box (at the nearest labelled frame) lies inside the crop square. Each reason claims
 something checkable:
 
-- ``flicker_negative``: nothing of interest in the crop (the animal is not in it);
+- ``flicker_negative``, ``empty_scene``: nothing of interest in the crop (the animal is not in
+  it);
 - every other visit reason (``disagreement``, ``missed_visit``, ``flicker_positive``,
   ``low_margin``): an animal is in the crop.
 
@@ -44,7 +45,7 @@ BLUE_JAY_CLIP = "bird_09_20_2023--11_38_20.mp4"
 CONTAINS = 0.5  # share of the animal's box inside the crop
 DUPLICATE_IOU = 0.5
 DUPLICATE_GREY = 10.0
-EMPTY_CLAIMS = frozenset({"flicker_negative"})
+EMPTY_CLAIMS = frozenset({"flicker_negative", "empty_scene"})
 ANIMAL_CLAIMS = frozenset({"disagreement", "missed_visit", "flicker_positive", "low_margin"})
 
 
@@ -129,12 +130,14 @@ def replay(clip: Path, classifier: Classifier, settings: Settings) -> list[Visit
 
 def mine(visits: Iterable[Visit], classifier: Classifier,
          settings: Settings) -> list[tuple[Visit, Candidate]]:
-    """What the collector would spool from these visits at close (no owner replies)."""
+    """What the collector would spool from these visits at close (no owner replies; an
+    empty_scene allowed from every visit, as if none had been taken for a while)."""
     negatives = frozenset(classifier.bundle.negative_labels)
     label = generic_negative(negatives)
     return [(visit, cand) for visit in visits
             for cand in mine_visit(visit.frames, settings.mining, negatives,
-                                   negative_label=label, alerted=visit.summary.alerted)]
+                                   negative_label=label, alerted=visit.summary.alerted,
+                                   empty_scene=True)]
 
 
 def _thumbnail(crop: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 import weakref
@@ -85,3 +86,33 @@ def test_a_reply_during_the_visit_labels_the_frames_that_come_after_it_too(
     assert sorted(s.frame_seq for s in samples) == list(range(6))
     assert {(s.label, s.label_source) for s in samples} == {("other", "user")}
     assert all("rejected" in s.reasons for s in samples)
+
+
+# --- empty scenes -----------------------------------------------------------------------------
+
+def empty_frame(visit: str, seq: int) -> ClassifiedFrame:
+    """A frame of the empty feeder: the model says "other", the crop is the empty feeder."""
+    frame = visit_frame(visit, seq)
+    pred = Prediction(("other", "cardinal"), (0.7, 0.3),
+                      np.array([0.0, 0.3, 0.0, 0.7], np.float32), frame.prediction.embedding)
+    return dataclasses.replace(frame, prediction=pred, of_interest=False, foreground=0.0)
+
+
+def test_empty_scenes_are_spooled_as_negatives_at_most_once_per_interval(
+        tmp_path: Path) -> None:
+    bundle = read_bundle(demo_model_path())
+    cfg = MiningConfig(empty_scene_interval_s=3600.0)
+    with Spool(tmp_path / "spool", SpoolConfig(commit_interval_s=0)) as spool:
+        kept = Collector(cfg, RecentVisits(2**22, 3600.0, 90), spool, bundle)
+        now = time.time()
+        for visit in ("v1", "v2", "v3"):
+            frames = [empty_frame(visit, seq) for seq in range(4)]
+            for one in frames:
+                kept.on_classified(one)
+            kept.on_visit_closed(VisitSummary(visit, now, now + 6, 4, 4, {}, None, False,
+                                              bundle.version), frames)
+        spool.flush()
+        samples = spool.ls()
+    assert [(s.visit_id, s.reasons, s.label, s.label_source) for s in samples] == \
+        [("v1", ("empty_scene",), "other", "pseudo")]
+    assert kept.counters["empty_scenes"] == 1

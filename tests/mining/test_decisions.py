@@ -237,6 +237,40 @@ class TestMissedVisit:
         assert 3 not in {c.frame.seq for c in mine_visit(frames, CFG, NEGATIVE)}
 
 
+class TestEmptyScene:
+    def test_a_visit_of_the_empty_feeder_gives_its_frame_nearest_a_species_as_a_negative(
+            self) -> None:
+        frames = visit(*["background"] * 6, seen="empty")
+        frames[4] = frame(4, "background", 0.55, second=0.4, seen="empty")  # crow at 0.4
+        (cand,) = mine_visit(frames, CFG, NEGATIVE, negative_label="background",
+                             empty_scene=True)
+        assert (cand.frame.seq, cand.reasons) == (4, ("empty_scene",))
+        assert (cand.label, cand.label_source) == ("background", "pseudo")
+
+    def test_only_when_the_caller_allows_one(self) -> None:
+        frames = visit(*["background"] * 6, seen="empty")
+        assert mine_visit(frames, CFG, NEGATIVE) == []
+
+    def test_never_from_a_visit_that_alerted(self) -> None:
+        frames = visit(*["background"] * 6, seen="empty")
+        assert mine_visit(frames, CFG, NEGATIVE, alerted=True, empty_scene=True) == []
+
+    def test_never_from_a_visit_where_the_evidence_saw_an_object(self) -> None:
+        frames = visit(*["background"] * 6, seen="empty")
+        frames[1] = frame(1, "background", seen="object")
+        assert mine_visit(frames, CFG, NEGATIVE, empty_scene=True) == []
+
+    def test_never_without_a_crop_the_evidence_calls_empty(self) -> None:
+        frames = visit(*["background"] * 6, seen=None)
+        assert mine_visit(frames, CFG, NEGATIVE, empty_scene=True) == []
+
+    def test_a_visit_that_already_gave_a_labelled_sample_gives_no_second(self) -> None:
+        frames = visit("background", "squirrel", "hummingbird", "squirrel", "squirrel",
+                       seen="empty")
+        cands = mine_visit(frames, CFG, NEGATIVE, empty_scene=True)
+        assert [c.reasons for c in cands] == [("flicker_negative",)]
+
+
 class TestEvidence:
     def test_a_crop_like_the_empty_feeder_is_empty_whatever_moved(self) -> None:
         f = dataclasses.replace(frame(0, "crow"), foreground=0.01, motion_box=CROP,

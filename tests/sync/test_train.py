@@ -145,6 +145,17 @@ class TestTrain:
         finally:
             cache.close()
 
+    def test_the_device_s_empty_scenes_train_in_the_base_negative_without_review(
+            self, setup: Setup) -> None:
+        empty = np.full((48, 48, 3), 120, np.uint8)
+        pulled(setup, [(jpeg(empty), "other", "pseudo", ["empty_scene"]),
+                       (jpeg(photo("robin", 900)), "other", "pseudo", ["flicker_negative"])])
+        result = run_json(setup.config, "train")
+        baseline = state(setup)["models"][state(setup)["baseline"]]["trained_on"]  # type: ignore[index]
+        assert result["trained_on"]["other"] == baseline["other"] + 1
+        assert "other_field" not in result["trained_on"]  # a pseudo flicker needs review
+        assert result["mined_used"] == 1
+
     def test_augmented_variants_train_beside_their_images_and_are_cached(
             self, setup: Setup) -> None:
         pulled(setup, squirrels(3))
