@@ -9,8 +9,9 @@ a photo folder). Inside it a sampler thread records the process's RSS every 10 m
 the child prints its VmHWM, its RSS split into anonymous and file-backed pages after the
 imports, after the model has loaded (``Daemon._init_classifier``: session, warm-up, the check
 on real frames) and at the peak sample, and every mapping's share of the peak (read from
-``/proc/self/smaps`` at that moment). One more fresh process imports, step by step, what
-``import feederd.daemon`` pulls in, so each import's cost is seen on its own.
+``/proc/self/smaps`` at that moment), summed by origin (allocated, OpenCV, onnxruntime,
+FFmpeg, ...) and listed for the largest libraries. One more fresh process imports, step by
+step, what ``import feederd.daemon`` pulls in, so each import's cost is seen on its own.
 
 ``--env`` repeats the daemon runs with environment settings (glibc, OpenBLAS, OpenCV knobs) in
 interleaved rounds, so a knob is judged against the plain run under the same load;
@@ -56,7 +57,7 @@ def mappings():
     for line in open("/proc/self/smaps"):
         if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
             parts = line.split()
-            name = parts[5].rsplit("/", 1)[-1] if len(parts) > 5 else "[anon]"
+            name = parts[5] if len(parts) > 5 else "[anon]"
         elif line.startswith(("Rss:", "Anonymous:")):
             sizes[name][line.startswith("Anonymous:")] += int(line.split()[1]) / 1024
     return dict(sizes)
@@ -170,21 +171,44 @@ def show_imports(steps: list[tuple[str, dict[str, float]]]) -> None:
         before = figures
 
 
+# Where a mapping's pages come from, by the first rule its path matches.
+GROUPS = (("allocated (heap, anonymous)", ("[heap]", "[anon]", "[stack]")),
+          ("FFmpeg (OpenCV's video decoding)", ("/libav", "/libsw")),
+          ("OpenCV", ("/cv2/", "opencv_python")), ("onnxruntime", ("/onnxruntime/",)),
+          ("numpy", ("/numpy",)), ("pydantic", ("pydantic",)),
+          ("Python", ("libpython", "/lib-dynload/", "/bin/python")))
+
+
+def group_of(path: str) -> str:
+    for name, needles in GROUPS:
+        if any(needle in path for needle in needles):
+            return name
+    return "system libraries, other" if path.startswith("/") else "other anonymous"
+
+
 def show_peak(run: dict) -> None:
-    """Phases of one run, then each mapping's share of its peak sample."""
+    """Phases of one run, then its peak sample by origin and by mapping."""
     print("  one run, by phase:")
     for phase, figures in [*run["phases"].items(), ("peak (frame loop)", run)]:
         print(f"    {phase:<18} {split(figures)}")
-    maps = run["maps"]
-    heap = sum(maps.pop(name, [0.0, 0.0])[0] for name in ("[heap]", "[anon]"))
-    print(f"  at the peak sample: malloc heap and anonymous mappings {heap:5.1f} MB; "
-          "largest library mappings (MB, resident / of it anon):")
-    ranked = sorted(maps.items(), key=lambda kv: -kv[1][0])
-    for mapping, (size, anon) in ranked[:TOP_MAPPINGS]:
-        print(f"    {size:6.1f} / {anon:4.1f}  {mapping}")
+    groups: dict[str, list[float]] = {}
+    for path, (size, anon) in run["maps"].items():
+        total = groups.setdefault(group_of(path), [0.0, 0.0])
+        total[0] += size
+        total[1] += anon
+    print("  at the peak sample, by origin (MB, resident / of it anon):")
+    for name, (size, anon) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
+        if size < 0.05:
+            continue
+        print(f"    {size:6.1f} / {anon:4.1f}  {name}")
+    print("  largest library mappings (MB, resident / of it anon):")
+    ranked = sorted(((path, v) for path, v in run["maps"].items() if path.startswith("/")),
+                    key=lambda kv: -kv[1][0])
+    for path, (size, anon) in ranked[:TOP_MAPPINGS]:
+        print(f"    {size:6.1f} / {anon:4.1f}  {path.rsplit('/', 1)[-1]}")
     rest = ranked[TOP_MAPPINGS:]
     print(f"    {sum(v[0] for _, v in rest):6.1f} / {sum(v[1] for _, v in rest):4.1f}  "
-          f"{len(rest)} other mappings")
+          f"{len(rest)} other library mappings")
 
 
 if __name__ == "__main__":
