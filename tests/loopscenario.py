@@ -46,6 +46,8 @@ TOPIC = f"feederd/{DEVICE}"
 # (the replay's own default, 0.5 s, leaves one classified frame after the visit opens).
 REPLAY = {"camera": {"realtime": False, "frames_per_image": 10}}
 SQUEEZENET = ("--embedding-output", "fire9/concat_1", "--preprocess", "caffe")
+# The shipped AIY Birds V1 bundle as the backbone of the owner's head (its 1,280-d embedding).
+AIY_BACKBONE = ("--embedding-output", "embedding", "--preprocess", "pixels")
 
 
 @dataclass

@@ -206,7 +206,14 @@ class _Surgery:
         del self.graph.value_info[:]  # stale once the batch dimension changes
         self.widths: dict[str, int | None] = {}
         self._names = {name for node in self.graph.node for name in node.output}
+        if PROBS in self._names:  # a bundle as the backbone: its own head's output goes
+            self._rename(PROBS, self.fresh(f"backbone_{PROBS}"))
         self.input_name = self._float_input()
+
+    def _rename(self, old: str, new: str) -> None:
+        for node in self.graph.node:
+            node.output[:] = [new if n == old else n for n in node.output]
+            node.input[:] = [new if n == old else n for n in node.input]
 
     def fresh(self, base: str) -> str:
         """A tensor name not used yet in the graph."""
@@ -249,8 +256,8 @@ class _Surgery:
         shape = self.types.get(tensor, (None, None))[1]
         channels = shape[1] if shape is not None and len(shape) >= 2 else None
         self.widths[name] = channels if isinstance(channels, int) and channels > 0 else None
-        if shape is not None and len(shape) == 2:
-            return self.add("Identity", [source], name)
+        if shape is not None and len(shape) == 2:  # a bundle's own embedding is named so
+            return source if source == name else self.add("Identity", [source], name)
         pooled = self.add("GlobalAveragePool", [source], self.fresh(f"{tensor}_gap"))
         return self.add("Flatten", [pooled], name, axis=1)
 
@@ -287,8 +294,9 @@ class _Surgery:
                             f"{[i.name for i in inputs]}")
         image = inputs[0]
         tensor = image.type.tensor_type
-        if tensor.elem_type not in _FLOATS or len(tensor.shape.dim) != 4:
-            raise SyncError(f"{self.path}: input '{image.name}' must be a 4-D float tensor")
+        if tensor.elem_type not in (*_FLOATS, TensorProto.UINT8) or len(tensor.shape.dim) != 4:
+            raise SyncError(f"{self.path}: input '{image.name}' must be a 4-D float tensor "
+                            "(or uint8 pixels, for a model that quantizes them itself)")
         dim0 = tensor.shape.dim[0]
         dim0.Clear()
         if self.dynamic:

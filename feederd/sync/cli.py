@@ -316,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--backbone", metavar="FILE.onnx", help="any ImageNet feature extractor")
     init.add_argument("--embedding-output", metavar="NAME",
                       help="tensor to pool into the embedding, e.g. fire9/concat_1")
-    init.add_argument("--preprocess", choices=["caffe", "rgb"],
-                      help="caffe: BGR 0-255 minus means; rgb: torchvision mean/std")
+    init.add_argument("--preprocess", choices=["caffe", "pixels", "rgb"],  # dataset.PREPROCESS
+                      help="caffe: BGR 0-255 minus means; rgb: torchvision mean/std; pixels: "
+                      "uint8 RGB as is (models/aiy_birds_v1.onnx, --embedding-output embedding)")
     init.add_argument("--data", metavar="DIR", help="one folder per label")
     reach = init.add_mutually_exclusive_group()
     reach.add_argument("--host", metavar="USER@HOST", help="write [devices.NAME] to the "

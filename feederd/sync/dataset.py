@@ -169,6 +169,9 @@ PREPROCESS = {
     # torchvision-style: RGB in 0-1, ImageNet mean and std.
     "rgb": {"color": "RGB", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
             "scale": 1.0 / 255.0},
+    # the RGB pixels as they are: a model with a uint8 input that quantizes them itself
+    # (the shipped AIY Birds V1 bundle, models/aiy_birds_v1.onnx, embedding output "embedding")
+    "pixels": {"color": "RGB", "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0), "scale": 1.0},
 }
 
 

@@ -24,6 +24,7 @@ from feederd.sync.build import (
     read_labels,
     write_metadata,
 )
+from feederd.sync.dataset import input_spec_for
 
 SPEC = InputSpec((32, 32), "NCHW", "RGB", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 1 / 255)
 CLASSES = 5
@@ -210,6 +211,28 @@ class TestEmbeddingModel:
         np.testing.assert_allclose(probs, 1.0)
         assert embedding is not None and embedding.shape == (2, FEATURES)
         assert classifier.bundle.is_negative(EMBEDDING_ONLY_LABEL)
+
+
+class TestABundleAsBackbone:
+    """The shipped AIY bundle (uint8 pixels in, its own ``embedding`` and ``probs``) as the
+    backbone of an owner's head."""
+
+    def test_its_embedding_is_kept_as_it_is_and_the_new_head_reads_it(
+            self, tmp_path: Path) -> None:
+        aiy = Path(__file__).resolve().parents[2] / "models" / "aiy_birds_v1.onnx"
+        spec = input_spec_for(aiy, "pixels")
+        rng = np.random.default_rng(4)
+        weights, bias = rng.normal(size=(1280, 3)) * 0.05, rng.normal(size=3)
+        head = Classifier(head_bundle(aiy, "embedding", spec, weights, bias,
+                                      ["a", "b", "other"], ["other"], tmp_path / "head.onnx",
+                                      "v1"))
+        pictures = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(2)]
+        _, own = Classifier(aiy).classify_batch(pictures)
+        probs, embedding = head.classify_batch(pictures)
+        assert head.input_dtype == np.uint8
+        assert embedding is not None and own is not None
+        np.testing.assert_array_equal(embedding, own)
+        np.testing.assert_allclose(probs, softmax(embedding @ weights + bias), atol=1e-5)
 
 
 class TestHelpers:

@@ -11,12 +11,18 @@ the candidate the loop trained (which differ when the gate refused it).
 
 ``--recipe photo`` trains on raw photos (the recipe before issue 16) for comparison.
 
+``--backbone aiy``: the owner's head on the shipped AIY Birds V1 bundle's 1,280-d embedding
+(``init --backbone models/aiy_birds_v1.onnx --embedding-output embedding --preprocess pixels``)
+instead of SqueezeNet's: the same photos, replies and recipe, a backbone that tells squirrels
+from crows.
+
 ``--bundle models/aiy_birds_v1.onnx``: the loop without a base dataset (``init
 --from-bundle``, a reject gate learned from the replies); false alerts on unseen squirrels and
 top-1 on the CUB photos of the species the bundle knows (as photos and as device frames).
 
 Usage: ``python3 tools/bench/loop_bench.py [--shared DIR] [--ks 0 10 25 50]
-[--recipe device|photo] [--bird-step N] [--squirrel-step N] [--bundle FILE.onnx]``
+[--recipe device|photo] [--backbone squeezenet|aiy] [--bird-step N] [--squirrel-step N]
+[--bundle FILE.onnx]``
 """
 
 from __future__ import annotations
@@ -33,9 +39,22 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 from brokers import Mosquitto  # noqa: E402
-from loopscenario import SPECIES, SQUEEZENET, Loop, figures, photos, top1  # noqa: E402
+from loopscenario import (  # noqa: E402
+    AIY_BACKBONE,
+    SPECIES,
+    SQUEEZENET,
+    Loop,
+    figures,
+    photos,
+    top1,
+)
 
 RECIPES = {"device": "", "photo": '[training.view]\ndomain = "photo"\n'}
+BACKBONES = {
+    "squeezenet": lambda shared: (shared / "models/squeezenet1.1/squeezenet1.1-fp32.onnx",
+                                  *SQUEEZENET),
+    "aiy": lambda shared: (REPO / "models/aiy_birds_v1.onnx", *AIY_BACKBONE),
+}
 
 
 def main() -> int:
@@ -45,6 +64,9 @@ def main() -> int:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="device")
     parser.add_argument("--bird-step", type=int, default=1)
     parser.add_argument("--squirrel-step", type=int, default=1)
+    parser.add_argument("--backbone", choices=("squeezenet", "aiy"), default="squeezenet",
+                        help="the backbone of the owner's head: SqueezeNet 1.1 (shared data) "
+                        "or the shipped AIY bundle's embedding (models/aiy_birds_v1.onnx)")
     parser.add_argument("--bundle", type=Path, help="start from this shipped bundle "
                         "(init --from-bundle, e.g. models/aiy_birds_v1.onnx) instead of "
                         "SqueezeNet and the owner's photos; reports top-1 on the CUB photos "
@@ -65,8 +87,7 @@ def bench(tmp: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         if args.bundle:
             loop.init_from(args.bundle.resolve())
         else:
-            loop.init(args.shared / "models/squeezenet1.1/squeezenet1.1-fp32.onnx",
-                      *SQUEEZENET)
+            loop.init(*BACKBONES[args.backbone](args.shared))
         runs = {k: loop.run(f"k{k}", k, data.seen) if k else None for k in args.ks}
     finally:
         broker.stop()
