@@ -25,6 +25,7 @@ from feederd.bundle import read_bundle
 from feederd.errors import SyncError
 from feederd.sync.dataset import BundleRunner, Item, VectorCache, mined_items
 from feederd.sync.reject import (
+    MAX_PROTOTYPES,
     VIEWS,
     base_metadata,
     calibrate,
@@ -91,7 +92,8 @@ def train_gate(workspace: Workspace, cfg: TrainingConfig, setup: dict[str, Any],
     x_neg, x_pos, probs, shas = _embed(workspace, setup, cfg, negative, positive)
     groups = _visits(negative)
     views, view_groups = _views(workspace, setup, cfg, negative, groups)
-    protos, proto_groups = np.vstack([x_neg, views]), np.concatenate([groups, view_groups])
+    protos, proto_groups = _capped(np.vstack([x_neg, views]),
+                                   np.concatenate([groups, view_groups]))
     tau, alpha = calibrate(x_neg, x_pos, groups, protos, proto_groups)
     oof = _out_of_fold(negative, positive, x_neg, x_pos, probs, shas, cfg, groups,
                        (protos, proto_groups))
@@ -161,6 +163,15 @@ def _views(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
     width = parts[0].shape[1] if parts and parts[0].size else 0
     return (np.vstack([p.reshape(-1, width) for p in parts]) if parts else np.zeros((0, 0)),
             np.tile(groups, len(parts)))
+
+
+def _capped(protos: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most MAX_PROTOTYPES (the device holds them all in memory): the rejected frames
+    first, then their views one kind at a time (``_views`` orders them so)."""
+    if len(protos) > MAX_PROTOTYPES:
+        logger.info("reject gate: %d prototypes, keeping the first %d (rejected frames "
+                    "first, then their views)", len(protos), MAX_PROTOTYPES)
+    return protos[:MAX_PROTOTYPES], groups[:MAX_PROTOTYPES]
 
 
 def _out_of_fold(negative: Sequence[Item], positive: Sequence[Item], x_neg: np.ndarray,

@@ -59,6 +59,7 @@ ALPHA_RANGE = (15.0, 200.0)  # the sharpness calibrate() chooses stays within th
 COVER = 0.75  # tau catches this share of the rejected visits, each held out in turn
 FLOOR = 0.5  # tau never goes below this cosine similarity
 GUARD = 0.02  # tau stays this far above every confirmed positive's similarity
+MAX_PROTOTYPES = 1024  # 5 MB of float32 in the bundle and the device's memory
 JPEG_QUALITY = 90  # the device's mining.jpeg_quality default: a view is stored as a sample is
 
 
@@ -267,5 +268,5 @@ def base_metadata(base: Path) -> dict[str, Any]:
             if p.key.startswith(METADATA_PREFIX)}
 
 
-__all__ = ["VIEWS", "calibrate", "field_probability", "gated_bundle", "gated_probs", "nearest",
-           "threshold", "unit"]
+__all__ = ["MAX_PROTOTYPES", "VIEWS", "calibrate", "field_probability", "gated_bundle",
+           "gated_probs", "nearest", "threshold", "unit"]

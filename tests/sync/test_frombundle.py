@@ -13,7 +13,13 @@ import pytest
 from feederd.bundle import InputSpec, read_bundle
 from feederd.classifier import Classifier
 from feederd.sync.build import imagenet_bundle
-from feederd.sync.reject import VIEWS, field_probability, gated_probs, threshold
+from feederd.sync.reject import (
+    MAX_PROTOTYPES,
+    VIEWS,
+    field_probability,
+    gated_probs,
+    threshold,
+)
 from sync.helpers import (
     BACKBONE_TENSOR,
     add_samples,
@@ -105,6 +111,14 @@ class TestRejectGate:
         tau = threshold(negatives, birds[:0])
         assert field_probability(birds, negatives, tau).max() < 1e-3
         assert field_probability(negatives[:5] + 0.1, negatives[5:], tau).mean() > 0.5
+
+    def test_the_device_holds_at_most_max_prototypes_the_rejected_frames_first(self) -> None:
+        from feederd.sync.frombundle import _capped
+
+        frames, views = np.ones((100, 4)), np.zeros((100 * len(VIEWS), 4))
+        protos, groups = _capped(np.vstack([frames, views]), np.arange(len(frames) + len(views)))
+        assert len(protos) == len(groups) == MAX_PROTOTYPES
+        assert protos[:100].min() == 1.0 and list(groups[:3]) == [0, 1, 2]
 
     def test_a_confirmed_positive_keeps_the_threshold_above_it(self) -> None:
         rng = np.random.default_rng(1)
