@@ -205,13 +205,13 @@ class Converter:
                 * quant.scale.reshape(shape)
             self.graph.initializers[name] = real.astype(np.float32)
             return name
-        if signed and self._signed(array, quant):
+        if signed and self._signed(array):
             array = (array.astype(np.int16) - 128).astype(np.int8)
             quant = Quant(quant.scale, quant.zero_point - 128, quant.axis)
         self.graph.initializers[name + "_q"] = array
         return self._dequantize(name + "_q", name, quant, array.dtype, axis)
 
-    def _signed(self, array: np.ndarray, quant: Quant) -> bool:
+    def _signed(self, array: np.ndarray) -> bool:
         """Whether uint8 weights may be stored as int8 (minus 128): only when all of them lie
         in 1..255, i.e. -127..127 after the shift (TFLite's narrow weight range).
 

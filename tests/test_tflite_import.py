@@ -18,7 +18,7 @@ import pytest
 from feederd.assets import default_model_path
 from feederd.classifier import Classifier, resize_for_model, validate_bundle
 from feederd.errors import ModelError
-from feederd.tflite_graph import Converter, Quant, load_model
+from feederd.tflite_graph import Converter, load_model
 from feederd.tflite_import import import_tflite
 
 CLI = [sys.executable, "-m", "feederd.cli"]
@@ -118,11 +118,9 @@ def test_weights_that_use_the_value_0_stay_uint8(shared_data: Path) -> None:
     """As int8 that would be -128, and two -128 x -128 products wrap the int16 sums of
     onnxruntime's ARM64 kernel for CPUs without dot product."""
     converter = Converter(load_model((shared_data / AIY).read_bytes(), "aiy"), "aiy")
-    quant = Quant(np.array([0.01], np.float32), np.array([130]), 0)
-    assert converter._signed(np.array([[1, 255]], np.uint8), quant)
-    assert not converter._signed(np.array([[0, 200]], np.uint8), quant)
-    assert not Converter(converter.model, "aiy", "qdq-u8")._signed(
-        np.array([[1, 255]], np.uint8), quant)
+    assert converter._signed(np.array([[1, 255]], np.uint8))
+    assert not converter._signed(np.array([[0, 200]], np.uint8))
+    assert not Converter(converter.model, "aiy", "qdq-u8")._signed(np.array([[1, 255]], np.uint8))
 
 
 class TestRefusals:
