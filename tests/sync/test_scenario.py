@@ -126,8 +126,7 @@ def test_the_gate_refuses_what_the_photo_recipe_loses_on_device_frames_and_passe
     data = owner_photos(shared_data, tmp_path / "owner")
     squirrels = sorted((shared_data / "images" / "squirrel").rglob("*.jpg"))
     seen = device_frames(squirrels[::2], tmp_path / "device-squirrels")
-    unseen = link_files(device_frames(squirrels[1::2], tmp_path / "unseen-frames"),
-                        tmp_path / "unseen")
+    unseen = link_files(squirrels[1::2], tmp_path / "unseen")  # evaluate renders them
 
     # 1. The old recipe: baseline and candidate on raw photos.
     config = sync_config(tmp_path, training=PHOTO_RECIPE)
