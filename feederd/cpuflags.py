@@ -4,7 +4,7 @@ On x86, onnxruntime's u8s8 kernels without VNNI (SSE4.1, AVX2, AVX-512 without V
 pairs of uint8 x int8 products with ``PMADDUBSW``, which saturates at 32767 (255 * 127 * 2 =
 64770), so a bundle with int8 weights can give other answers there. With VNNI (``avx512_vnni``
 or ``avx_vnni``) the sums are int32, exact. ARM64 kernels never saturate for weights in
--127..127 (see :meth:`feederd.tflite_graph.Converter._signed`). On a CPU that may saturate the
+-127..127 (see :meth:`feederd.tflite_tensors.TensorGraph._signed`). On a CPU that may saturate the
 classifier sets onnxruntime's ``session.x64quantprecision``, which converts int8 weights back
 to uint8 (u8u8 kernels, exact, as fast as a uint8 bundle).
 """
