@@ -22,7 +22,12 @@ from feederd.sync.pull import PullResult, pull
 from feederd.sync.review import pending
 from feederd.sync.train import TrainResult, train
 from feederd.sync.transport import Transport
-from feederd.sync.workspace import DeviceConfig, TrainingConfig, Workspace
+from feederd.sync.workspace import (
+    EVIDENCE_REASONS,
+    DeviceConfig,
+    TrainingConfig,
+    Workspace,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -170,12 +175,17 @@ def run_loop(workspace: Workspace, transport: Transport, training: TrainingConfi
 
 
 def _news(workspace: Workspace, training: TrainingConfig) -> bool:
-    """Whether labelled samples exist that the latest model built here did not use."""
+    """Whether labelled samples exist that the latest model built here did not use.
+
+    The device's empty scenes do not count: they arrive every few minutes, most are frames
+    the model already calls nothing (the gate would refuse a model built for them alone);
+    they join the training with the next reply."""
     state = workspace.load_state()
     reference = state.get("candidate") or state.get("deployed") or state.get("baseline")
     used = set(workspace.load_sidecar(reference).get("mined", [])) if reference else set()
     current = {str(item.sample["id"]) for item in mined_items(workspace, training.use_pseudo)
-               if item.sample}
+               if item.sample and not EVIDENCE_REASONS.intersection(
+                   item.sample.get("reasons") or ())}
     return bool(current - used)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 from sync.conftest import Setup
 from sync.helpers import (
     add_samples,
@@ -87,3 +89,13 @@ class TestLoop:
         assert "pull: 12 new samples" in out and "evaluate: gate" in out and "push:" in out
         again = run_json(setup.config, "loop")
         assert again["skipped"] and again["trained"] is None and again["pushed"] is None
+
+    def test_empty_scenes_alone_build_nothing(self, setup: Setup) -> None:
+        run_sync(setup.config, "push")
+        rejected_squirrels(setup, 12)
+        run_sync(setup.config, "loop")
+        add_samples(spool_dir(setup.tmp), [(jpeg(np.full((48, 48, 3), 120, np.uint8)),
+                                            "other", "pseudo", ["empty_scene"])])
+        again = run_json(setup.config, "loop")
+        assert again["pulled"]["received"] == 1
+        assert again["skipped"] and again["trained"] is None
