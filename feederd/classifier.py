@@ -1,17 +1,17 @@
 """The classifier stage: an onnxruntime session plus the preprocessing its bundle asks for.
 
-This is the only module that imports onnxruntime. A :class:`Classifier` refuses a bundle that
-would misbehave later (wrong shapes, labels not matching the outputs, NaN on a test input) at
-load time, with a message naming the problem, so that ``feederd model install`` can keep the
-running model serving. The hot path (:meth:`Classifier.classify`) is a crop, a resize into a
-reused buffer, a bare ``session.run`` and a top-k: it adds well under 10% to the inference on
-real models (``tools/bench/classifier_bench.py``).
+With :mod:`feederd.onnx_session` (which opens the session: memory mapping, thread and CPU-flag
+options) this is the only module that imports onnxruntime. A :class:`Classifier` refuses a
+bundle that would misbehave later (wrong shapes, labels not matching the outputs, NaN on a test
+input) at load time, with a message naming the problem, so that ``feederd model install`` can
+keep the running model serving. The hot path (:meth:`Classifier.classify`) is a crop, a resize
+into a reused buffer, a bare ``session.run`` and a top-k: it adds well under 10% to the
+inference on real models (``tools/bench/classifier_bench.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import mmap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,9 +20,8 @@ import numpy as np
 import onnxruntime as ort
 
 from feederd.bundle import Bundle, InputSpec, file_sha256, parse_metadata
-from feederd.cpuflags import u8s8_may_saturate
 from feederd.errors import ModelError
-from feederd.onnxwire import external_view
+from feederd.onnx_session import open_session
 from feederd.task import Task
 from feederd.types import Box, Prediction
 
@@ -32,10 +31,6 @@ PROBS = "probs"
 EMBEDDING = "embedding"
 MIN_CROP_PX = 8
 PROB_SUM_TOLERANCE = 1e-3
-MAPPED_MIN_BYTES = 64 * 2**20
-"""Bundles this large load memory-mapped (see :func:`_open_session`)."""
-EXTERNAL_MIN_BYTES = 2**20
-"""Weights this large are mapped from the file instead of copied."""
 
 
 class Classifier:
@@ -46,7 +41,7 @@ class Classifier:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.path = Path(path)
-        self._session = _open_session(self.path, threads)
+        self._session = open_session(self.path, threads)
         meta = self._session.get_modelmeta().custom_metadata_map
         self.bundle: Bundle = parse_metadata(meta, self.path, _sha256(self.path))
         self._labels = self.bundle.labels
@@ -305,104 +300,11 @@ def _place(center: float, side: int, extent: int) -> int:
     return min(max(round(center - side / 2), 0), extent - side)
 
 
-def _open_session(path: Path, threads: int) -> ort.InferenceSession:
-    """A session for the bundle at ``path``; large bundles are memory-mapped (see below).
-
-    The ordinary load holds onnxruntime's parsed copy of the file and its tensors at once:
-    twice the file. It is given the path, not the file's bytes: onnxruntime keeps bytes it is
-    given for the session's whole life (another copy of the file in RAM, 3.5 MB for AIY).
-    A bundle of :data:`MAPPED_MIN_BYTES` or more is handed over as a small rewrite whose big
-    weights point back into the file (:func:`feederd.onnxwire.external_view`), which
-    onnxruntime memory-maps: about once the file. Prepacking is off for those, since it would
-    copy every weight matrix again; smaller bundles keep it, and their speed. Any trouble
-    with the mapped load falls back to the ordinary one.
-    """
-    size = _model_size(path)
-    if size >= MAPPED_MIN_BYTES and (session := _open_mapped(path, threads)) is not None:
-        return session
-    _check_readable(path)
-    try:
-        return ort.InferenceSession(str(path), _options(threads),
-                                    providers=["CPUExecutionProvider"])
-    except Exception as exc:  # InvalidProtobuf, InvalidGraph, Fail...: all pybind types
-        raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(exc)}); the file "
-                         "may be truncated or corrupt, copy it again") from exc
-
-
-def _open_mapped(path: Path, threads: int) -> ort.InferenceSession | None:
-    try:
-        with path.open("rb") as handle, \
-                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            view = external_view(data, path.name, EXTERNAL_MIN_BYTES)
-    except (OSError, ValueError):
-        return None  # the ordinary load reports what is wrong with the file
-    if view is None:
-        return None
-    options = _options(threads)
-    options.add_session_config_entry(
-        "session.model_external_initializers_file_folder_path", str(path.parent.resolve()))
-    options.add_session_config_entry("session.disable_prepacking", "1")
-    try:
-        return ort.InferenceSession(view, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # an onnxruntime without external data from bytes, ...
-        logger.info("%s: memory-mapped load failed (%s); loading it whole", path,
-                    _first_line(exc))
-        return None
-
-
-def _options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # Worker threads that busy-wait after each run steal the Pi's two cores from capture and
-    # motion between frames (feederd classifies a few crops a second, never back to back);
-    # on a busy 2-core machine spinning made 2-thread runs several times slower
-    # (tools/bench/litert_bench.py, "ort spinning").
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if u8s8_may_saturate():  # int8 weights back to uint8: exact on x86 without VNNI
-        options.add_session_config_entry("session.x64quantprecision", "1")
-    return options
-
-
-def _model_size(path: Path) -> int:
-    try:
-        if path.is_dir():
-            raise ModelError(f"{path}: is a directory, not a model file")
-        return path.stat().st_size
-    except FileNotFoundError as exc:
-        raise ModelError(f"{path}: no such model file; check classifier.model or run "
-                         "'feederd model ls'") from exc
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
-
-
-def _check_readable(path: Path) -> None:
-    """A ModelError naming the problem now rather than onnxruntime's "failed to load"."""
-    try:
-        with path.open("rb"):
-            pass
-    except FileNotFoundError as exc:
-        raise ModelError(f"{path}: no such model file; check classifier.model or run "
-                         "'feederd model ls'") from exc
-    except IsADirectoryError as exc:
-        raise ModelError(f"{path}: is a directory, not a model file") from exc
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
-
-
 def _sha256(path: Path) -> str:
     try:
         return file_sha256(path)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read model file: {exc.strerror}") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _check_input(session: ort.InferenceSession, bundle: Bundle

@@ -61,7 +61,7 @@ class TestTheDefaultModel:
 
     def test_on_x86_without_vnni_it_runs_as_uint8_weights_with_the_same_answers(
             self, aiy: Classifier, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("feederd.classifier.u8s8_may_saturate", lambda: True)
+        monkeypatch.setattr("feederd.onnx_session.u8s8_may_saturate", lambda: True)
         fallback = Classifier(default_model_path(), threads=1)
         options = fallback.session.get_session_options()
         assert options.get_session_config_entry("session.x64quantprecision") == "1"

@@ -354,7 +354,7 @@ class TestMappedLoad:
     def test_a_mapped_bundle_answers_as_the_ordinary_load_does(
             self, monkeypatch: pytest.MonkeyPatch, demo: Classifier,
             scene: ModuleType) -> None:
-        from feederd import classifier as module
+        from feederd import onnx_session as module
 
         monkeypatch.setattr(module, "EXTERNAL_MIN_BYTES", 1024)
         assert module._open_mapped(DEMO, 1) is not None  # the demo's weights are mapped
@@ -369,7 +369,7 @@ class TestMappedLoad:
 
     def test_a_corrupt_large_bundle_is_still_refused_with_its_name(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        from feederd import classifier as module
+        from feederd import onnx_session as module
 
         monkeypatch.setattr(module, "MAPPED_MIN_BYTES", 0)
         broken = tmp_path / "broken.onnx"
