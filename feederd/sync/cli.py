@@ -98,6 +98,7 @@ def cmd_init(ctx: Context) -> int:
             f"{d['file']}\nnext: 'feeder-sync push', then 'feeder-sync loop' once the owner "
             "has rejected a few alerts"))
         return EXIT_OK
+    default_backbone(args)
     if (done := _init_device_only(ctx)) is not None:
         return done
     with ctx.workspace.lock():
@@ -123,6 +124,21 @@ def cmd_init(ctx: Context) -> int:
 
 
 BASELINE_FLAGS = ("backbone", "embedding_output", "preprocess", "data")
+BACKBONE_FLAGS = BASELINE_FLAGS[:3]
+
+
+def default_backbone(args: argparse.Namespace) -> None:
+    """``--data`` alone: the owner's head goes on the shipped bird model's embedding.
+
+    On the shared data it tells squirrels from crows where SqueezeNet cannot (loop bench: 0.5%
+    vs 2.5% false alerts after 25 replies), and it is already on every device.
+    """
+    if args.data is None or any(getattr(args, flag) is not None for flag in BACKBONE_FLAGS):
+        return
+    from feederd.assets import default_model_path
+    args.backbone = str(default_model_path())
+    args.embedding_output = "embedding"
+    args.preprocess = "pixels"
 
 
 def _init_device_only(ctx: Context) -> int | None:
@@ -135,12 +151,13 @@ def _init_device_only(ctx: Context) -> int | None:
         return None
     if len(missing) < len(BASELINE_FLAGS) or not (args.host or args.local):
         raise ConfigError(f"init needs {', '.join(missing)} to build the first model "
-                          "(or --from-bundle FILE.onnx; or only --host/--local to add the device)")
+                          "(--data DIR alone uses the shipped bird model as the backbone; or "
+                          "--from-bundle FILE.onnx; or only --host/--local to add the device)")
     device = device_config(ctx.config, ctx.device)
     ctx.emit({"device": ctx.device, "config": str(ctx.config_path),
               **device.model_dump(include={"transport", "host", "path"})}, lambda d: (
         f"device '{d['device']}' ({d['transport']} {d.get('host') or d.get('path')}) is in "
-        f"{d['config']}\nnext: 'feeder-sync init --backbone ... --data ...' builds its first "
+        f"{d['config']}\nnext: 'feeder-sync init --data PHOTOS/' builds its first "
         "model, or 'feeder-sync pull' if it has one"))
     return EXIT_OK
 
@@ -313,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                "folder (<label>/*.jpg), or start from a shipped bundle (--from-bundle)")
     init.add_argument("--from-bundle", metavar="FILE.onnx", help="start from this bundle "
                       "(e.g. models/aiy_birds_v1.onnx): no photo folder needed")
-    init.add_argument("--backbone", metavar="FILE.onnx", help="any ImageNet feature extractor")
+    init.add_argument("--backbone", metavar="FILE.onnx", help="any ImageNet feature extractor "
+                      "(default with --data: the shipped bird model, models/aiy_birds_v1.onnx, "
+                      "--embedding-output embedding --preprocess pixels)")
     init.add_argument("--embedding-output", metavar="NAME",
                       help="tensor to pool into the embedding, e.g. fire9/concat_1")
     init.add_argument("--preprocess", choices=["caffe", "pixels", "rgb"],  # dataset.PREPROCESS

@@ -45,6 +45,19 @@ def state(setup: Setup) -> dict[str, object]:
 
 
 class TestInit:
+    def test_init_with_only_a_photo_folder_puts_the_head_on_the_shipped_bird_model(
+            self, tmp_path: Path, dataset: Path) -> None:
+        config = sync_config(tmp_path)
+        result = run_json(config, "init", "--device", "feeder", "--data", str(dataset),
+                          "--negative-labels", "other")
+        setup = json.loads((tmp_path / "workspace" / "feeder" / "state.json").read_text())
+        assert Path(setup["init"]["backbone"]).name == "aiy_birds_v1.onnx"
+        assert setup["init"]["embedding_output"] == "embedding"
+        bundle = read_bundle(tmp_path / "workspace" / "feeder" / "models"
+                             / f"{result['version']}.onnx")
+        assert bundle.labels == ("jay", "other", "robin")
+        assert Classifier(bundle.path, 1).input_dtype == np.uint8  # the backbone's pixels in
+
     def test_init_builds_an_evaluated_baseline_bundle(self, setup: Setup, dataset: Path
                                                       ) -> None:
         st = state(setup)

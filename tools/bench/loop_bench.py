@@ -11,10 +11,11 @@ the candidate the loop trained (which differ when the gate refused it).
 
 ``--recipe photo`` trains on raw photos (the recipe before issue 16) for comparison.
 
-``--backbone aiy``: the owner's head on the shipped AIY Birds V1 bundle's 1,280-d embedding
-(``init --backbone models/aiy_birds_v1.onnx --embedding-output embedding --preprocess pixels``)
-instead of SqueezeNet's: the same photos, replies and recipe, a backbone that tells squirrels
-from crows.
+``--backbone aiy`` (the default, as ``init --data`` alone): the owner's head on the shipped
+AIY Birds V1 bundle's 1,280-d embedding (``init --backbone models/aiy_birds_v1.onnx
+--embedding-output embedding --preprocess pixels``); ``--backbone squeezenet``: on SqueezeNet
+1.1's (the shared data), the same photos, replies and recipe, a backbone that cannot tell a black
+squirrel from a crow.
 
 ``--bundle models/aiy_birds_v1.onnx``: the loop without a base dataset (``init
 --from-bundle``, a reject gate learned from the replies); false alerts on unseen squirrels and
@@ -64,7 +65,7 @@ def main() -> int:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="device")
     parser.add_argument("--bird-step", type=int, default=1)
     parser.add_argument("--squirrel-step", type=int, default=1)
-    parser.add_argument("--backbone", choices=("squeezenet", "aiy"), default="squeezenet",
+    parser.add_argument("--backbone", choices=("squeezenet", "aiy"), default="aiy",
                         help="the backbone of the owner's head: SqueezeNet 1.1 (shared data) "
                         "or the shipped AIY bundle's embedding (models/aiy_birds_v1.onnx)")
     parser.add_argument("--bundle", type=Path, help="start from this shipped bundle "
