@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,18 @@ def feedback_lines(daemon: DaemonProcess) -> list[str]:
     return FEEDBACK_LINE.findall(daemon.log)
 
 
+def settled(count: Callable[[], int], what: str, quiet_s: float = 1.0) -> None:
+    """Wait until ``count()`` has not changed for ``quiet_s`` (the spool writer is async)."""
+    last, since = count(), time.monotonic()
+    deadline = since + 30
+    while time.monotonic() - since < quiet_s:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} kept changing for 30 s")
+        time.sleep(0.1)
+        if (now := count()) != last:
+            last, since = now, time.monotonic()
+
+
 def labels_of(samples: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
     return sorted((s["id"], s["label"], s["label_source"]) for s in samples)
 
@@ -251,12 +264,15 @@ class TestFuzzedFeedback:
         tmp = tmp_path_factory.mktemp("fuzz")
         broker = Mosquitto(tmp / "broker").start()
         config = daemon_config(tmp, fast_clip, broker.port)
-        probe = Probe(broker, f"{TOPIC}/alert", f"{TOPIC}/stats")
+        probe = Probe(broker, f"{TOPIC}/alert", f"{TOPIC}/stats", f"{TOPIC}/visit")
         daemon = DaemonProcess(config)
         [event] = ids(probe.wait_for(f"{TOPIC}/alert", 1, 60))[:1]
         probe.publish(f"{TOPIC}/feedback", json.dumps({"event_id": event,
                                                        "verdict": "not_a_bird"}))
         wait_until(lambda: user_labelled(config, event), 30, "the accepted reply")
+        # A reply to an open visit labels the rest of it when it closes: wait for that too.
+        wait_until(lambda: event in ids(probe.on(f"{TOPIC}/visit")), 60, "the visit to close")
+        settled(lambda: len(user_labelled(config, event)), "the visit's labelled samples")
         yield config, probe, daemon, event
         daemon.kill()
         probe.close()
