@@ -330,7 +330,9 @@ def test_a_kill_9_during_install_leaves_a_partial_copy_that_start_up_removes(
     assert not (models / "current").exists()  # nothing partial became current
     daemon = DaemonProcess(config)
     try:
-        daemon.wait_log(r"model .* from ", timeout=120)  # start-up is done
+        daemon.wait_log(r"model .* from ", timeout=120)  # the model is up ...
+        daemon.wait_log(r"removed .*, a temporary file left by an interrupted write",
+                        timeout=60)  # ... and the storage start-up after it has run
         assert [n for n in os.listdir(models) if n.startswith(".") and ".onnx" in n] == []
         assert stale[0] in daemon.log
     finally:
