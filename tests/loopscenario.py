@@ -278,8 +278,8 @@ def top1(models: Sequence[Path], shared: Path, step: int = 1) -> list[dict[str, 
     label), as photos and as device frames, per model; a field class counts as wrong."""
     import cv2
 
+    from feederd.sync.config import ViewConfig
     from feederd.sync.domain import DeviceView
-    from feederd.sync.workspace import ViewConfig
 
     known = set(Classifier(models[0]).bundle.labels)
     photos = [p for p in sorted((shared / "images" / "bird").glob("*/*"))

@@ -20,14 +20,8 @@ from feederd.errors import (
     ConfigError,
     cli_failure,
 )
-from feederd.sync.workspace import (
-    SyncConfig,
-    Workspace,
-    config_target,
-    device_config,
-    load_config,
-    pick_device,
-)
+from feederd.sync.config import SyncConfig, config_target, device_config, load_config, pick_device
+from feederd.sync.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

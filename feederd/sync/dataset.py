@@ -32,7 +32,8 @@ import numpy as np
 
 from feederd.errors import SyncError
 from feederd.mining.decisions import FALSE_POSITIVE_REASONS
-from feederd.sync.workspace import SampleIndex, Workspace, training_label
+from feederd.sync.samples import SampleIndex, training_label
+from feederd.sync.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

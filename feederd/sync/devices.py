@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from feederd.atomic import write_bytes
 from feederd.errors import ConfigError
-from feederd.sync.workspace import DeviceConfig, SyncConfig, load_config
+from feederd.sync.config import DeviceConfig, SyncConfig, load_config
 
 logger = logging.getLogger(__name__)
 

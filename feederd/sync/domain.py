@@ -35,8 +35,9 @@ from feederd.capture.folder import BACKGROUND_GREY, fit_image, place
 from feederd.classifier import square_crop
 from feederd.config import MotionConfig
 from feederd.motion import MotionDetector, downscale_grey
+from feederd.sync.config import ViewConfig
 from feederd.sync.dataset import BundleRunner, Item, Progress, VectorCache
-from feederd.sync.workspace import ViewConfig, Workspace
+from feederd.sync.workspace import Workspace
 from feederd.types import Box, Frame
 
 logger = logging.getLogger(__name__)

@@ -35,6 +35,7 @@ import numpy as np
 from feederd.atomic import write_bytes, write_json
 from feederd.bundle import Bundle, read_bundle
 from feederd.errors import SyncError
+from feederd.sync.config import TrainingConfig, ViewConfig
 from feederd.sync.dataset import (
     BundleRunner,
     Item,
@@ -50,7 +51,7 @@ from feederd.sync.domain import embedders, renderer, view_key
 from feederd.sync.gate import gate
 from feederd.sync.plots import PAIR_PNG, confusion_pair_png, confusion_png
 from feederd.sync.train import Head, head_path
-from feederd.sync.workspace import TrainingConfig, ViewConfig, Workspace, safe_name
+from feederd.sync.workspace import Workspace, safe_name
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from feederd.bundle import read_bundle
 from feederd.errors import SyncError
+from feederd.sync.config import TrainingConfig
 from feederd.sync.dataset import BundleRunner, Item, VectorCache, mined_items
 from feederd.sync.reject import (
     MAX_PROTOTYPES,
@@ -32,7 +33,7 @@ from feederd.sync.reject import (
     gated_bundle,
     gated_probs,
 )
-from feederd.sync.workspace import TrainingConfig, Workspace
+from feederd.sync.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

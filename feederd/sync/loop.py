@@ -16,18 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from feederd.errors import SyncError
+from feederd.sync.config import DeviceConfig, TrainingConfig
 from feederd.sync.dataset import mined_items
 from feederd.sync.evaluate import Report, evaluate
 from feederd.sync.pull import PullResult, pull
 from feederd.sync.review import pending
+from feederd.sync.samples import EVIDENCE_REASONS
 from feederd.sync.train import TrainResult, train
 from feederd.sync.transport import Transport
-from feederd.sync.workspace import (
-    EVIDENCE_REASONS,
-    DeviceConfig,
-    TrainingConfig,
-    Workspace,
-)
+from feederd.sync.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from feederd.errors import TransportError
-from feederd.sync.workspace import LABEL
+from feederd.sync.samples import LABEL
 
 logger = logging.getLogger(__name__)
 

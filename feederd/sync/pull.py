@@ -44,8 +44,9 @@ from feederd.sync.manifest import (
     refuse_unsafe_text,
     safe_name,
 )
+from feederd.sync.samples import SampleIndex
 from feederd.sync.transport import Transport
-from feederd.sync.workspace import SampleIndex, Workspace
+from feederd.sync.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

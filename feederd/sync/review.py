@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from feederd.errors import SyncError
+from feederd.sync.samples import LABEL, SampleIndex, training_label
 from feederd.sync.train import FIELD_SUFFIX
-from feederd.sync.workspace import LABEL, SampleIndex, Workspace, training_label
+from feederd.sync.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 

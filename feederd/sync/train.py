@@ -34,6 +34,7 @@ import numpy as np
 
 from feederd.atomic import write_bytes, write_json
 from feederd.errors import SyncError
+from feederd.sync.config import TrainingConfig
 from feederd.sync.dataset import (
     PREPROCESS,
     Item,
@@ -46,7 +47,8 @@ from feederd.sync.dataset import (
     split,
 )
 from feederd.sync.domain import augmented, embedders
-from feederd.sync.workspace import EVIDENCE_REASONS, TrainingConfig, Workspace, safe_name
+from feederd.sync.samples import EVIDENCE_REASONS
+from feederd.sync.workspace import Workspace, safe_name
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from feederd.errors import SyncError, TransportError
-from feederd.sync.workspace import DeviceConfig, safe_name
+from feederd.sync.config import DeviceConfig
+from feederd.sync.workspace import safe_name
 
 logger = logging.getLogger(__name__)
 

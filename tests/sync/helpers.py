@@ -170,7 +170,7 @@ def pulled_samples(workspace: Path, visits: int, per_visit: int, *, seed: int = 
     """Write pulled samples straight into a workspace, as ``feeder-sync pull`` leaves them:
     real JPEGs under ``samples/`` and rows in the real ``samples.db``. Each visit has its own
     time and margin spread; every third sample carries a pseudo-label."""
-    from feederd.sync.workspace import SampleIndex
+    from feederd.sync.samples import SampleIndex
 
     rng = np.random.default_rng(seed)
     rows: list[dict[str, Any]] = []

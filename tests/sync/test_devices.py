@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from feederd.sync.cli import main
-from feederd.sync.workspace import load_config
+from feederd.sync.config import load_config
 
 
 @pytest.fixture

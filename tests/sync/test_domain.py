@@ -13,8 +13,8 @@ from feederd.classifier import Classifier
 from feederd.config import load_settings
 from feederd.motion import MotionDetector, VisitStateMachine
 from feederd.pipeline import Pipeline
+from feederd.sync.config import ViewConfig
 from feederd.sync.domain import DeviceView, renderer, view_key
-from feederd.sync.workspace import ViewConfig
 from feederd.types import Alert, ClassifiedFrame, VisitSummary
 from feederd.visits import VisitTracker
 from sync.helpers import photo

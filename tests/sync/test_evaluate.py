@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 
 from feederd.sync.evaluate import Score, confusion_table, gate
-from feederd.sync.workspace import SampleIndex
+from feederd.sync.samples import SampleIndex
 from sync.conftest import Setup
 from sync.helpers import add_samples, jpeg, photo, run_json, run_sync, spool_dir
 

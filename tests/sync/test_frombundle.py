@@ -138,8 +138,8 @@ class TestShippedBirdModel:
     def test_a_dozen_rejected_squirrels_stop_most_alerts_on_other_squirrels_not_on_birds(
             self, tmp_path: Path, shared_data: Path) -> None:
         from feederd.assets import default_model_path
+        from feederd.sync.config import ViewConfig
         from feederd.sync.domain import DeviceView
-        from feederd.sync.workspace import ViewConfig
 
         shipped = default_model_path()
         base = Classifier(shipped)

@@ -16,9 +16,10 @@ import pytest
 from feederd.config import SpoolConfig
 from feederd.errors import TransportError
 from feederd.spool import Spool
+from feederd.sync.config import DeviceConfig
 from feederd.sync.pull import pull
 from feederd.sync.transport import LocalTransport
-from feederd.sync.workspace import DeviceConfig, Workspace
+from feederd.sync.workspace import Workspace
 from sync.conftest import Setup
 from sync.helpers import add_samples, feederd, jpeg, photo, run_sync, spool_dir
 

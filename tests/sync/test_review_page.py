@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from feederd.sync.workspace import SampleIndex
+from feederd.sync.samples import SampleIndex
 from sync.browser import ReviewServer, chromium, require_chromium
 from sync.helpers import (
     add_samples,

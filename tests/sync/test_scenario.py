@@ -28,9 +28,9 @@ import numpy as np
 import pytest
 
 from feederd.classifier import Classifier
+from feederd.sync.config import ViewConfig
 from feederd.sync.dataset import scan_folder, split
 from feederd.sync.domain import DeviceView
-from feederd.sync.workspace import ViewConfig
 from sync.helpers import add_samples, run_json, run_sync, spool_dir, sync_config, write_toml
 
 REJECTED = 25

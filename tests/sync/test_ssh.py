@@ -10,8 +10,8 @@ import pytest
 from prerequisites import require_tool
 
 from feederd.errors import TransportError
+from feederd.sync.config import DeviceConfig
 from feederd.sync.transport import SshTransport
-from feederd.sync.workspace import DeviceConfig
 from sync import sshd
 from sync.conftest import Setup
 from sync.helpers import (

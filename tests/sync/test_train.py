@@ -11,6 +11,7 @@ import pytest
 from feederd.bundle import read_bundle
 from feederd.classifier import Classifier
 from feederd.errors import SyncError
+from feederd.sync.config import TrainingConfig
 from feederd.sync.dataset import Item, VectorCache, scan_folder, split
 from feederd.sync.domain import view_key
 from feederd.sync.train import (
@@ -22,7 +23,7 @@ from feederd.sync.train import (
     fit_head,
     train,
 )
-from feederd.sync.workspace import TrainingConfig, Workspace
+from feederd.sync.workspace import Workspace
 from sync.conftest import COUNTS, Setup, init_args
 from sync.helpers import add_samples, jpeg, photo, run_json, run_sync, spool_dir, sync_config
 

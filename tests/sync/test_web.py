@@ -14,8 +14,9 @@ import pytest
 
 from feederd.errors import SyncError
 from feederd.sync import review, webviews
+from feederd.sync.samples import SampleIndex
 from feederd.sync.web import ReviewApp, start
-from feederd.sync.workspace import SampleIndex, Workspace
+from feederd.sync.workspace import Workspace
 from sync.helpers import pulled_samples
 
 

@@ -40,9 +40,10 @@ from sync.test_scenario import link_birds  # noqa: E402
 
 from feederd.classifier import resize_for_model  # noqa: E402
 from feederd.sync.build import SQUEEZENET_EMBEDDING, SQUEEZENET_INPUT, embedding_model  # noqa: E402
+from feederd.sync.config import TrainingConfig  # noqa: E402
 from feederd.sync.dataset import BundleRunner, VectorCache  # noqa: E402
 from feederd.sync.train import fit_head, train  # noqa: E402
-from feederd.sync.workspace import TrainingConfig, Workspace  # noqa: E402
+from feederd.sync.workspace import Workspace  # noqa: E402
 
 
 def bare_onnxruntime(model: Path, paths: list[Path], batch: int, threads: int,
