@@ -34,7 +34,7 @@ from feederd.errors import ModelError
 from feederd.modelstore import ModelStore, recent_labelled, store_for
 from feederd.sync.build import embedding_model, head_bundle, write_metadata
 from feederd.sync.config import TrainingConfig
-from feederd.sync.train import fit_head
+from feederd.sync.head import fit_head
 
 SPEC = InputSpec((32, 32), "NCHW", "RGB", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                  1 / 255)

@@ -77,7 +77,7 @@ def _plain(data: Any, indent: str = "") -> str:
 
 def cmd_init(ctx: Context) -> int:
     from feederd.sync.evaluate import evaluate
-    from feederd.sync.train import init_workspace
+    from feederd.sync.init import init_workspace
 
     args = ctx.args
     if args.from_bundle:

@@ -11,7 +11,7 @@ Three test sets, all unseen by the models compared:
 - field negatives: pulled samples the owner labelled as nothing of interest (``rejected``
   frames of false alerts), minus any the deployed model trained on, plus image folders given
   with ``--negatives``. The candidate's answers on the samples it trained on come from its
-  out-of-fold heads (see :mod:`feederd.sync.train`), so it is not graded on what it memorised.
+  out-of-fold heads (see :mod:`feederd.sync.head`), so it is not graded on what it memorised.
 
 A *false alert* is a prediction of a label outside the model's ``negative_labels`` whose
 probability reaches the device's ``visits.min_confidence`` (``alert_confidence`` in the
@@ -49,8 +49,8 @@ from feederd.sync.dataset import (
 )
 from feederd.sync.domain import embedders, renderer, view_key
 from feederd.sync.gate import gate
+from feederd.sync.head import Head, head_path
 from feederd.sync.plots import PAIR_PNG, confusion_pair_png, confusion_png
-from feederd.sync.train import Head, head_path
 from feederd.sync.workspace import Workspace, safe_name
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""``feeder-sync init`` and ``train``: a logistic-regression head on cached backbone embeddings.
+"""``feeder-sync train``: a logistic-regression head on cached backbone embeddings.
 
 Retraining only the head is what makes a retrain after a handful of mined samples take seconds
 and stay sound: the backbone's features are fixed, the embeddings of every image ever seen are
@@ -14,14 +14,13 @@ are allowed, since a typo in a reply would otherwise become a class.
 
 For the gate, every mined sample the candidate trains on also gets an *out-of-fold*
 prediction (a head trained without it), so the evaluation of "fewer false alerts on field
-negatives" is not measured on the very samples the head memorised.
+negatives" is not measured on the very samples the head memorised. The head itself and that
+estimate are :mod:`feederd.sync.head`'s; the workspace's first baseline is
+:mod:`feederd.sync.init`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import logging
 import time
 from collections import Counter
@@ -36,56 +35,19 @@ from feederd.atomic import write_bytes, write_json
 from feederd.errors import SyncError
 from feederd.sync.config import TrainingConfig
 from feederd.sync.dataset import (
-    PREPROCESS,
     Item,
     VectorCache,
-    embedder_key,
-    input_spec_for,
     mined_items,
     progress_bar,
     scan_folder,
     split,
 )
 from feederd.sync.domain import augmented, embedders
+from feederd.sync.head import Head, fit_head, head_path, out_of_fold
 from feederd.sync.samples import EVIDENCE_REASONS
 from feederd.sync.workspace import Workspace, safe_name
 
 logger = logging.getLogger(__name__)
-
-EMBEDDER_FILE = "embedder.onnx"
-
-
-@dataclass
-class Head:
-    """A linear softmax head on raw embeddings: probs = softmax(((x - mean) / std) W + b)."""
-
-    labels: list[str]
-    weights: np.ndarray  # D x C, on standardised features
-    bias: np.ndarray  # C
-    mean: np.ndarray  # D
-    std: np.ndarray  # D
-
-    def probs(self, x: np.ndarray) -> np.ndarray:
-        logits = ((x - self.mean) / self.std) @ self.weights + self.bias
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
-
-    def save(self, path: Path) -> None:
-        """The head beside its bundle, so evaluation can run it on cached embeddings."""
-        buffer = io.BytesIO()
-        np.savez(buffer, weights=self.weights, bias=self.bias, mean=self.mean, std=self.std,
-                 labels=np.array(self.labels))
-        write_bytes(path, buffer.getvalue())
-
-    @classmethod
-    def load(cls, path: Path) -> Head | None:
-        try:
-            with np.load(path) as data:
-                return cls([str(x) for x in data["labels"]], data["weights"], data["bias"],
-                           data["mean"], data["std"])
-        except (OSError, KeyError, ValueError):
-            return None
 
 
 @dataclass
@@ -110,61 +72,7 @@ class TrainResult:
                 "seconds": round(self.seconds, 2)}
 
 
-# --- the head ---------------------------------------------------------------------------------
-
-def fit_head(x: np.ndarray, y: Sequence[str], labels: Sequence[str], cfg: TrainingConfig,
-             warm: Head | None = None) -> Head:
-    """Standardise, fit a multinomial logistic regression, return it in ``labels`` order.
-
-    ``warm``: start from that head (and keep its standardisation), which makes the refits of
-    the out-of-fold estimate converge in a few iterations.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    if warm is None:
-        mean, std = x.mean(axis=0), x.std(axis=0)
-        std = np.where(std > 1e-6, std, 1.0)
-    else:
-        mean, std = warm.mean, warm.std
-    classes = sorted(set(y))
-    model = LogisticRegression(C=cfg.c, max_iter=cfg.max_iter, warm_start=warm is not None,
-                               class_weight="balanced" if cfg.class_weight == "balanced"
-                               else None)
-    if warm is not None and len(classes) > 2:
-        columns = [list(warm.labels).index(name) for name in classes]
-        model.coef_ = warm.weights[:, columns].T.copy()
-        model.intercept_ = warm.bias[columns].copy()
-    with _quiet_convergence():
-        model.fit((x - mean) / std, np.asarray(y))
-    return _as_head(model, labels, mean, std, x.shape[1])
-
-
-def _as_head(model: Any, labels: Sequence[str], mean: np.ndarray, std: np.ndarray,
-             width: int) -> Head:
-    classes = [str(c) for c in model.classes_]
-    coef, intercept = model.coef_, model.intercept_
-    if len(classes) == 2:
-        # sklearn keeps one logit for two classes; softmax([-z/2, z/2]) == sigmoid(z).
-        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
-        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-    w = np.zeros((width, len(labels)))
-    b = np.full(len(labels), -30.0)  # a label without samples is never predicted
-    for column, name in enumerate(classes):
-        index = list(labels).index(name)
-        w[:, index] = coef[column]
-        b[index] = intercept[column]
-    return Head(list(labels), w, b, mean, std)
-
-
-@contextlib.contextmanager
-def _quiet_convergence() -> Any:
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
+# --- the training set -------------------------------------------------------------------------
 
 
 def cap_negatives(items: Sequence[Item], negatives: set[str], per_positive: float,
@@ -290,7 +198,7 @@ def train(workspace: Workspace, cfg: TrainingConfig, *, allow_new_class: bool | 
     fit_started = time.perf_counter()
     head = fit_head(x, y, labels, cfg)
     timings["fit_s"] = time.perf_counter() - fit_started
-    oof = _out_of_fold(items, x, y, origin, head, cfg, data.shas)
+    oof = out_of_fold(items, x, y, origin, head, cfg, data.shas)
     timings["oof_s"] = time.perf_counter() - fit_started - timings["fit_s"]
     metrics = _metrics(head, data, labels, negatives, len(items), dropped, cfg)
     parent = state.get("deployed") or state.get("baseline")
@@ -307,10 +215,6 @@ def train(workspace: Workspace, cfg: TrainingConfig, *, allow_new_class: bool | 
     logger.info("trained %s on %d samples (%d mined) in %.1f s", version, len(items),
                 result.mined_used, result.seconds)
     return result
-
-
-def head_path(workspace: Workspace, version: str) -> Path:
-    return workspace.models_dir / f"{safe_name(version)}.head.npz"
 
 
 def _setup(state: dict[str, Any], workspace: Workspace) -> dict[str, Any]:
@@ -368,33 +272,6 @@ def _scene_items(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfi
             write_bytes(path, cv2.imencode(".jpg", scene, [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
                         .tobytes())
     return [Item(p, negatives[0], "scene", f"scene:{p.name}") for p in paths]
-
-
-def _out_of_fold(items: Sequence[Item], x: np.ndarray, y: Sequence[str], origin: np.ndarray,
-                 full: Head, cfg: TrainingConfig, shas: dict[str, str]
-                 ) -> dict[str, list[float]]:
-    """Probabilities for each mined sample from a head that saw neither it nor its variants
-    (rows of ``x`` come from ``items[origin[row]]``)."""
-    mined = [n for n, item in enumerate(items) if item.source == "mined"]
-    if not mined:
-        return {}
-    folds = min(cfg.folds, len(mined))
-    fold_of = {n: int(_hash(f"{cfg.seed}:{items[n].key}"), 16) % folds for n in mined}
-    oof: dict[str, list[float]] = {}
-    for fold in range(folds):
-        held = [n for n in mined if fold_of[n] == fold]
-        if not held:
-            continue
-        keep = ~np.isin(origin, held)
-        head = fit_head(x[keep], [y[int(i)] for i in np.flatnonzero(keep)], full.labels, cfg,
-                        warm=full)
-        for n, probs in zip(held, head.probs(x[held]), strict=True):
-            oof[shas[items[n].key]] = [round(float(p), 6) for p in probs]
-    return oof
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _metrics(head: Head, data: _Data, labels: list[str], negatives: set[str], samples: int,
@@ -469,49 +346,3 @@ def _remember(workspace: Workspace, version: str, parent: str | None, path: Path
     state.setdefault("init", {})["negative_labels"] = negatives
     workspace.save_state(state)
     workspace.record("train", version=version, samples=sum(trained_on.values()))
-
-
-# --- init -------------------------------------------------------------------------------------
-
-def init_workspace(workspace: Workspace, cfg: TrainingConfig, *, backbone: Path,
-                   embedding_output: str, preprocess: str, data: Path,
-                   negative_labels: Sequence[str], holdout: float | None = None,
-                   progress: bool = False) -> TrainResult:
-    """Build the embedder from ``backbone``, embed ``data`` and train the baseline bundle."""
-    from feederd.sync.build import embedding_model
-
-    if preprocess not in PREPROCESS:
-        raise SyncError(f"--preprocess must be one of {', '.join(PREPROCESS)}, "
-                        f"got {preprocess!r}")
-    backbone = backbone.expanduser().resolve()
-    data = data.expanduser().resolve()
-    base = scan_folder(data)
-    labels = sorted({item.label for item in base})
-    if missing := sorted(set(negative_labels) - set(labels)):
-        raise SyncError(f"--negative-labels {missing} have no folder in {data} "
-                        f"(labels found: {', '.join(labels)})")
-    if len(labels) < 2:
-        raise SyncError(f"{data}: found one label ({labels[0]}); a classifier needs at least "
-                        "two sub-folders")
-    spec = input_spec_for(backbone, preprocess)
-    workspace.create()
-    embedder = workspace.models_dir / EMBEDDER_FILE
-    embedding_model(backbone, embedding_output, embedder, spec)
-    setup = {"backbone": str(backbone), "embedding_output": embedding_output,
-             "preprocess": preprocess, "input": spec.as_dict(), "data": str(data),
-             "labels": labels, "negative_labels": sorted(set(negative_labels)),
-             "base_negative_labels": sorted(set(negative_labels)),
-             "holdout": cfg.holdout if holdout is None else holdout, "seed": cfg.seed,
-             "embedder": str(embedder.relative_to(workspace.dir)),
-             "embedder_key": embedder_key(backbone, embedding_output, spec.as_dict())}
-    state = workspace.load_state()
-    # A device may already run a model: ``deployed`` stays, so the new baseline is compared
-    # with what the device really runs.
-    state.update({"init": setup, "baseline": None, "candidate": None})
-    workspace.save_state(state)
-    result = train(workspace, cfg, allow_new_class=False, progress=progress, base_only=True)
-    workspace.update_state(baseline=result.version)
-    workspace.record("init", version=result.version, data=str(data))
-    return result
-
-

@@ -178,7 +178,7 @@ class TestGate:
 class TestFaithfulness:
     def test_a_saved_head_that_disagrees_with_its_bundle_is_not_trusted(self, setup: Setup
                                                                          ) -> None:
-        from feederd.sync.train import Head
+        from feederd.sync.head import Head
 
         trusted = run_json(setup.config, "evaluate")["candidate"]
         [saved] = (setup.workspace / "models").glob("*.head.npz")

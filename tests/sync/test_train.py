@@ -14,15 +14,8 @@ from feederd.errors import SyncError
 from feederd.sync.config import TrainingConfig
 from feederd.sync.dataset import Item, VectorCache, scan_folder, split
 from feederd.sync.domain import view_key
-from feederd.sync.train import (
-    _Data,
-    _out_of_fold,
-    _rows,
-    cap_negatives,
-    check_labels,
-    fit_head,
-    train,
-)
+from feederd.sync.head import fit_head, out_of_fold
+from feederd.sync.train import _Data, _rows, cap_negatives, check_labels, train
 from feederd.sync.workspace import Workspace
 from sync.conftest import COUNTS, Setup, init_args
 from sync.helpers import add_samples, jpeg, photo, run_json, run_sync, spool_dir, sync_config
@@ -224,7 +217,7 @@ class TestNegativeCap:
         assert len(rows) == len(items) + 1 and origin[-1] == len(items) - 1
         labels = ["bird", "other", "other_field"]
         full = fit_head(rows, y, labels, CFG)
-        oof = _out_of_fold(items, rows, y, origin, full, CFG, data.shas)
+        oof = out_of_fold(items, rows, y, origin, full, CFG, data.shas)
         assert full.probs(x["m"][None])[0, 2] > 0.5  # the full head learnt it
         assert oof["m"][2] < 0.1  # its mirror image did not teach the out-of-fold head
 

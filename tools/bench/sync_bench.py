@@ -42,7 +42,8 @@ from feederd.classifier import resize_for_model  # noqa: E402
 from feederd.sync.build import SQUEEZENET_EMBEDDING, SQUEEZENET_INPUT, embedding_model  # noqa: E402
 from feederd.sync.config import TrainingConfig  # noqa: E402
 from feederd.sync.dataset import BundleRunner, VectorCache  # noqa: E402
-from feederd.sync.train import fit_head, train  # noqa: E402
+from feederd.sync.head import fit_head  # noqa: E402
+from feederd.sync.train import train  # noqa: E402
 from feederd.sync.workspace import Workspace  # noqa: E402
 
 
