@@ -305,6 +305,14 @@ class BundleRunner:
         self.render = render
         self.computed = 0
 
+    def for_output(self, output: str, key: str) -> BundleRunner:
+        """The same loaded model and cache, giving ``output`` cached under ``key``."""
+        if output == "embedding" and not self.classifier.has_embedding:
+            raise SyncError("the model has no 'embedding' output to train on")
+        runner = copy.copy(self)
+        runner.output, runner.key, runner.computed = output, key, 0
+        return runner
+
     def derived(self, name: str, transform: Callable[[np.ndarray], np.ndarray]
                 ) -> BundleRunner:
         """The same model and cache on ``transform`` of what this runner shows it (an

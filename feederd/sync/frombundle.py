@@ -90,9 +90,9 @@ def train_gate(workspace: Workspace, cfg: TrainingConfig, setup: dict[str, Any],
                         "bundle cannot learn new classes here)")
     negative = [i for i in mined if i.label in base_negatives or i.label == field_label]
     positive = [i for i in mined if i not in negative]
-    x_neg, x_pos, probs, shas = _embed(workspace, setup, cfg, negative, positive)
+    x_neg, x_pos, probs, shas, views = _embed(workspace, setup, cfg, negative, positive)
     groups = _visits(negative)
-    views, view_groups = _views(workspace, setup, cfg, negative, groups)
+    view_groups = np.tile(groups, len(VIEWS))
     protos, proto_groups = _capped(np.vstack([x_neg, views]),
                                    np.concatenate([groups, view_groups]))
     tau, alpha = calibrate(x_neg, x_pos, groups, protos, proto_groups)
@@ -120,8 +120,10 @@ def train_gate(workspace: Workspace, cfg: TrainingConfig, setup: dict[str, Any],
 
 def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
            negative: Sequence[Item], positive: Sequence[Item]
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str]]:
-    """Embeddings of both sets, the base bundle's probabilities of all, and the hashes."""
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, str], np.ndarray]:
+    """Embeddings of both sets, the base bundle's probabilities of all, the hashes, and the
+    embeddings of every negative's augmented views (:data:`VIEWS`, one kind after another):
+    one model load and one cache for all of them."""
     everything = [*negative, *positive]
     paths = [i.path for i in everything]
     cache = VectorCache(workspace.cache_path)
@@ -130,15 +132,17 @@ def _embed(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
         embed = BundleRunner(bundle, cache, setup["embedder_key"], "embedding", cfg.threads,
                              cfg.batch_size)
         x, sha_list = embed.vectors(paths)
-        probs_runner = BundleRunner(bundle, cache, f"probs:{read_bundle(bundle).sha256}",
-                                    "probs", cfg.threads, cfg.batch_size)
-        probs, _ = probs_runner.vectors(paths)
+        probs, _ = embed.for_output("probs", f"probs:{read_bundle(bundle).sha256}"
+                                    ).vectors(paths)
+        parts = [embed.derived(f"view:{name}", render).vectors(paths[:len(negative)])[0]
+                 for name, render in VIEWS.items()]
     finally:
         cache.close()
     shas = {i.key: sha for i, sha in zip(everything, sha_list, strict=True)}
     width = x.shape[1] if x.size else 0
+    views = np.vstack([p.reshape(-1, width) for p in parts])
     return (x[:len(negative)].reshape(-1, width), x[len(negative):].reshape(-1, width),
-            probs, shas)
+            probs, shas, views)
 
 
 def _visits(items: Sequence[Item]) -> np.ndarray:
@@ -148,27 +152,9 @@ def _visits(items: Sequence[Item]) -> np.ndarray:
     return np.array([index[name] for name in names], int)
 
 
-def _views(workspace: Workspace, setup: dict[str, Any], cfg: TrainingConfig,
-           negative: Sequence[Item], groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings of every negative's augmented views (:data:`VIEWS`), and their visits."""
-    paths = [i.path for i in negative]
-    cache = VectorCache(workspace.cache_path)
-    try:
-        bundle = workspace.dir / setup["from_bundle"]
-        embed = BundleRunner(bundle, cache, setup["embedder_key"], "embedding", cfg.threads,
-                             cfg.batch_size)
-        parts = [embed.derived(f"view:{name}", render).vectors(paths)[0]
-                 for name, render in VIEWS.items()]
-    finally:
-        cache.close()
-    width = parts[0].shape[1] if parts and parts[0].size else 0
-    return (np.vstack([p.reshape(-1, width) for p in parts]) if parts else np.zeros((0, 0)),
-            np.tile(groups, len(parts)))
-
-
 def _capped(protos: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """At most MAX_PROTOTYPES (the device holds them all in memory): the rejected frames
-    first, then their views one kind at a time (``_views`` orders them so)."""
+    first, then their views one kind at a time (``_embed`` orders them so)."""
     if len(protos) > MAX_PROTOTYPES:
         logger.info("reject gate: %d prototypes, keeping the first %d (rejected frames "
                     "first, then their views)", len(protos), MAX_PROTOTYPES)
