@@ -17,7 +17,8 @@ NCHW graph follows, which onnxruntime's NHWC transformer removes again); a model
 uint8 input (and the ``fp32`` mode) takes NCHW float ``(pixel - zero_point) * scale``. The
 weights of ordinary and fully connected layers are stored as int8 (``TensorGraph._signed``):
 the same real values, but onnxruntime then runs its u8s8 kernels, a quarter faster on x86 with
-VNNI.
+VNNI; where it is exact, a layer's weights get zero point 0 as well, for onnxruntime's fused
+symmetric kernels (:mod:`feederd.tflite_symmetric`).
 Only the operators of MobileNet-style classifiers are supported; anything else raises
 :class:`~feederd.errors.ModelError` naming the operator.
 
@@ -38,6 +39,7 @@ from feederd.bundle import Layout
 from feederd.errors import ModelError
 from feederd.onnx_proto import FLOAT, UINT8, Graph, ValueInfo
 from feederd.tflite_ops import PROBS, OperatorEmitter
+from feederd.tflite_symmetric import make_symmetric
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class Converter(OperatorEmitter):
         if PROBS not in {o for node in self.graph.nodes for o in node.outputs}:
             self._append_softmax(self.sub.Outputs(0))
         self.graph.outputs.append(ValueInfo(PROBS, FLOAT, ("N", self._width(self.sub.Outputs(0)))))
+        if self.compact:
+            make_symmetric(self.graph)
         layout: Layout = "NHWC" if self.graph.inputs[0].elem_type == UINT8 else "NCHW"
         return ConvertedGraph(self.graph, height, width, mean, std, self.embedding_width, layout)
 

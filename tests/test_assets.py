@@ -44,7 +44,9 @@ class TestTheDefaultModel:
                      and n.input[0] == "image_nchw")  # the TFLite input's own quantization
         assert (float(values[first.input[1]]), int(values[first.input[2]])) == (1 / 128, 128)
 
-    def test_its_weights_are_int8_except_the_depthwise_ones(self) -> None:
+    def test_its_weights_are_int8_and_zero_point_0_where_that_is_exact(self) -> None:
+        """int8 in the ordinary layers; zero point 0 (onnxruntime's fused symmetric kernels) in
+        the 3 ordinary and 5 depthwise layers where feederd.tflite_symmetric finds it exact."""
         graph = onnx.load(str(default_model_path())).graph
         values = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
         weights = {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm")}
@@ -53,11 +55,13 @@ class TestTheDefaultModel:
             if node.op_type == "DequantizeLinear" and node.output[0] in weights:
                 group = next((a.i for a in weights[node.output[0]].attribute
                               if a.name == "group"), 1)
-                stored = values[node.input[0]]
-                kinds[(group > 1, stored.dtype.name)] += 1
+                stored, zero = values[node.input[0]], values[node.input[2]]
+                symmetric = stored.dtype == np.int8 and not zero.any()
+                kinds[(group > 1, stored.dtype.name, symmetric)] += 1
                 if stored.dtype == np.int8:  # -127..127: no int16 pair can wrap on ARM64
                     assert stored.min() >= -127
-        assert kinds == {(True, "uint8"): 17, (False, "int8"): 36}
+        assert kinds == {(True, "uint8", False): 12, (True, "int8", True): 5,
+                         (False, "int8", False): 33, (False, "int8", True): 3}
 
     def test_on_x86_without_vnni_it_runs_as_uint8_weights_with_the_same_answers(
             self, aiy: Classifier, monkeypatch: pytest.MonkeyPatch) -> None:
