@@ -25,6 +25,9 @@ MAPPED_MIN_BYTES = 64 * 2**20
 """Bundles this large load memory-mapped (see :func:`open_session`)."""
 EXTERNAL_MIN_BYTES = 2**20
 """Weights this large are mapped from the file instead of copied."""
+SPIN_US = 50
+"""How long an idle worker thread busy-waits for more work before it sleeps (see
+:func:`_spin_briefly`): longer than the gap between two operators of a run."""
 
 
 def open_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -79,14 +82,29 @@ def _options(threads: int) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    # Worker threads that busy-wait after each run steal the Pi's two cores from capture and
-    # motion between frames (feederd classifies a few crops a second, never back to back);
-    # on a busy 2-core machine spinning made 2-thread runs several times slower
-    # (tools/bench/litert_bench.py, "ort spinning").
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    _spin_briefly(options, threads)
     if u8s8_may_saturate():  # int8 weights back to uint8: exact on x86 without VNNI
         options.add_session_config_entry("session.x64quantprecision", "1")
     return options
+
+
+def _spin_briefly(options: ort.SessionOptions, threads: int) -> None:
+    """Worker threads spin for :data:`SPIN_US` after each parallel section, then sleep.
+
+    Between runs they must sleep: feederd classifies a few crops a second, never back to back,
+    and onnxruntime's default spinning steals the Pi's second core from capture and motion (on
+    a loaded 2-core machine it made 2-thread runs 2-11x slower). Within a run, a worker that
+    sleeps at once is woken again for each of the ~60 operators, which left the second thread
+    gaining almost nothing (``tools/bench/litert_bench.py``: 2-thread wall time 1.4-1.6x
+    LiteRT's, 1.1x with this spin). onnxruntime before 1.26 has no bound on the spin, so there
+    the workers never spin.
+    """
+    bounded = tuple(int(part) for part in ort.__version__.split(".")[:2]) >= (1, 26)
+    if threads > 1 and bounded:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.intra_op.spin_duration_us", str(SPIN_US))
+    else:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
 def _model_size(path: Path) -> int:

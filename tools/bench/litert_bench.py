@@ -14,7 +14,10 @@ in the Classifier's own session (the options feederd runs with). Paths timed per
 - ``ort+prepare``: what feederd does per crop: ``prepare`` (resize of the 224x224 crop, BGR to
   RGB into the reused buffer) then ``run``;
 - ``ort spinning``: the bare run in a session whose worker threads busy-wait between runs
-  (onnxruntime's default, which feederd's classifier turns off);
+  (onnxruntime's default; feederd's classifier bounds the spin to 50 us,
+  ``feederd.onnx_session.SPIN_US``);
+- ``ort no spin``: the bare run with worker threads that sleep at once (feederd before the
+  bounded spin);
 - ``ort qdq-u8`` (``--variant``): the bare run of the same .tflite converted the earlier way
   (uint8 weights everywhere, float NCHW input; see :class:`feederd.tflite_graph.Converter`).
 
@@ -31,6 +34,7 @@ import argparse
 import csv
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,16 +97,17 @@ def ort_paths(bundle: Path, images_bgr: list[np.ndarray], threads: int
     return bare, with_prepare
 
 
-def spinning_path(bundle: Path, images_bgr: list[np.ndarray], threads: int
+def spinning_path(bundle: Path, images_bgr: list[np.ndarray], threads: int, spin: bool
                   ) -> Callable[[], None]:
-    """The bundle in a session with onnxruntime's default busy-waiting worker threads."""
+    """The bundle in a session whose worker threads busy-wait as onnxruntime does by default
+    (``spin``), or sleep at once (feederd's setting before the bounded spin)."""
     import onnxruntime as ort
 
     classifier = Classifier(bundle, threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     session = ort.InferenceSession(str(bundle), options, providers=["CPUExecutionProvider"])
     feeds = [{classifier.input_name: classifier.prepare(image).copy()} for image in images_bgr]
 
@@ -160,7 +165,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--variant", choices=["qdq-u8", "fp32"], nargs="*", default=["qdq-u8"],
                         help="also time these conversions of the same .tflite (not shipped)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="keep this many other processes busy-looping meanwhile (a loaded "
+                             "machine: spinning worker threads then compete with them)")
     args = parser.parse_args(argv)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(args.busy)]
+    try:
+        return run(args)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+
+
+def run(args: argparse.Namespace) -> int:
     tflite = args.shared / TFLITE
     if not tflite.is_file():
         print(f"no {tflite}; pass --shared", file=sys.stderr)
@@ -176,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             bare, with_prepare = ort_paths(args.bundle, images, threads)
             paths = {"litert": litert_path(tflite, images, threads), "ort": bare,
                      "ort+prepare": with_prepare,
-                     "ort spinning": spinning_path(args.bundle, images, threads)}
+                     "ort spinning": spinning_path(args.bundle, images, threads, True),
+                     "ort no spin": spinning_path(args.bundle, images, threads, False)}
             paths.update({f"ort {mode}": ort_paths(path, images, threads)[0]
                           for mode, path in variants.items()})
             report(threads, bench(paths, len(images), args.rounds))
