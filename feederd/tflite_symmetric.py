@@ -13,7 +13,10 @@ a grid 5% coarser changes 2% of top-1 answers. So a layer is rewritten only when
 - every channel fits; or
 - the channels that do not fit are never read: every convolution that consumes the layer gives
   that channel real weight 0 (a depthwise consumer passes the question on to its own consumers).
-  Such a channel's weights are set to 0, since nothing downstream can see its values.
+  Such a channel's weights are set to 0, since nothing downstream can see its values;
+- the weights that do not fit multiply an input channel that is its zero point everywhere: the
+  convolution producing it gives it real weight 0 and a bias that the clamp below it (a ReLU, or
+  a uint8 grid whose zero point is 0) turns into 0. Those weights are set to 0 first.
 
 Anything else that consumes a layer (an ``Add``, a pool, a graph output) counts as reading every
 channel. On x86 without VNNI the classifier's ``session.x64quantprecision`` turns these weights
@@ -92,6 +95,48 @@ class _Convs:
                                     for reader in self.consumers(conv.outputs[0]))
         return self._unused[key]
 
+    def zero_inputs(self, conv: Node) -> list[int]:
+        """The input channels of ``conv`` that hold its zero point whatever the image."""
+        chain = self._producer_chain(conv.inputs[0])
+        if chain is None:
+            return []
+        producer, clamped = chain
+        weights = self.centered(producer)
+        if weights is None:
+            return []
+        bias = self._bias(producer, weights.shape[0])
+        silent = ~weights.reshape(weights.shape[0], -1).any(axis=1)
+        return [int(c) for c in np.flatnonzero(silent & ((bias == 0) | ((bias < 0) & clamped)))]
+
+    def _producer_chain(self, value: str) -> tuple[Node, bool] | None:
+        """The Conv behind ``value`` (DequantizeLinear <- QuantizeLinear <- Relu/Clip... <-
+        Conv), and whether that chain turns negative values into exactly 0."""
+        dq = self.producer.get(value)
+        quantize = self.producer.get(dq.inputs[0]) if dq is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear" or quantize is None \
+                or quantize.op_type != "QuantizeLinear" or len(quantize.inputs) < 3:
+            return None
+        zero = self.graph.initializers.get(quantize.inputs[2])
+        clamped = zero is not None and zero.size == 1 and int(zero.reshape(())) == \
+            np.iinfo(zero.dtype).min
+        node = self.producer.get(quantize.inputs[0])
+        while node is not None and node.op_type in ("Relu", "Clip"):
+            low = self.graph.initializers.get(node.inputs[1]) if len(node.inputs) > 1 else None
+            clamped |= node.op_type == "Relu" or (low is not None and float(low) == 0.0)
+            node = self.producer.get(node.inputs[0])
+        return (node, clamped) if node is not None and node.op_type == "Conv" else None
+
+    def _bias(self, conv: Node, channels: int) -> np.ndarray:
+        """The int32 bias of a Conv (zeros when it has none; ones, i.e. unknown, when it is not
+        a quantized constant)."""
+        if len(conv.inputs) < 3:
+            return np.zeros(channels, np.int64)
+        dq = self.producer.get(conv.inputs[2])
+        bias = self.graph.initializers.get(dq.inputs[0]) if dq is not None else None
+        if bias is None or bias.dtype != np.int32:
+            return np.ones(channels, np.int64)
+        return bias.astype(np.int64).reshape(-1)
+
     def _ignores(self, reader: Node | None, channel: int) -> bool:
         if reader is None:
             return False
@@ -115,6 +160,12 @@ def make_symmetric(graph: Graph) -> list[str]:
         weights = convs.centered(conv)
         if weights is None:
             continue
+        silent = convs.zero_inputs(conv)
+        group = int(conv.attributes.get("group", 1))  # type: ignore[arg-type]
+        if group == 1:
+            weights[:, silent] = 0
+        elif group == len(weights) and weights.shape[1] == 1:  # depthwise, multiplier 1
+            weights[silent] = 0
         wide = np.abs(weights).reshape(weights.shape[0], -1).max(axis=1) > LIMIT
         if all(convs.unused(conv, int(channel)) for channel in np.flatnonzero(wide)):
             weights[wide] = 0

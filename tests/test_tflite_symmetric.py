@@ -28,12 +28,15 @@ def _quantized(graph: Graph, value: str, name: str, scale: float, zero: int) -> 
     return name
 
 
-def _conv(graph: Graph, x: str, name: str, weights: np.ndarray, group: int = 1) -> str:
+def _conv(graph: Graph, x: str, name: str, weights: np.ndarray, group: int = 1,
+          bias: np.ndarray | None = None) -> str:
     """A ReLU6 convolution with uint8 weights (zero point 128) and an int32 bias, requantized."""
+    if bias is None:
+        bias = np.arange(len(weights), dtype=np.int32) * 7
     graph.initializers.update({
         f"{name}_wq": weights.astype(np.uint8), f"{name}_ws": np.array(0.01, np.float32),
         f"{name}_wz": np.array(128, np.uint8),
-        f"{name}_bq": np.arange(len(weights), dtype=np.int32) * 7,
+        f"{name}_bq": bias.astype(np.int32),
         f"{name}_bs": np.array(0.01 * 0.05, np.float32), f"{name}_bz": np.array(0, np.int32),
         f"{name}_lo": np.array(0.0, np.float32), f"{name}_hi": np.array(6.0, np.float32)})
     kernel = weights.shape[2]
@@ -53,19 +56,21 @@ def _weights(rng: np.random.Generator, kernel: int = 1, depthwise: bool = False)
     return rng.integers(40, 217, shape)
 
 
-def network(first: np.ndarray, then: str, second: np.ndarray | None = None) -> Graph:
-    """x -> conv ``a`` -> ``then`` (a 1x1 conv ``b``, a depthwise ``d`` then ``b``, or an Add
-    with itself) -> y."""
+def network(first: np.ndarray, then: str, second: np.ndarray | None = None,
+            depthwise: np.ndarray | None = None, bias: np.ndarray | None = None) -> Graph:
+    """x -> conv ``a`` (``bias``) -> ``then`` (a 1x1 conv ``b``, a depthwise ``d`` then ``b``,
+    or an Add with itself) -> y."""
     rng = np.random.default_rng(5)
     graph = Graph(name="net")
     graph.inputs.append(ValueInfo("x", FLOAT, (1, CHANNELS, 6, 6)))
-    value = _conv(graph, _quantized(graph, "x", "xq", 0.05, 100), "a", first, 1)
+    value = _conv(graph, _quantized(graph, "x", "xq", 0.05, 100), "a", first, 1, bias)
     if then == "add":
         graph.nodes.append(Node("Add", (value, value), ("sum",)))
         value = _quantized(graph, "sum", "sumq", 12 / 255, 0)
     else:
         if then == "depthwise":
-            value = _conv(graph, value, "d", _weights(rng, 3, depthwise=True), CHANNELS)
+            weights = _weights(rng, 3, depthwise=True) if depthwise is None else depthwise
+            value = _conv(graph, value, "d", weights, CHANNELS)
         value = _conv(graph, value, "b", _weights(rng) if second is None else second)
     graph.nodes.append(Node("Identity", (value,), ("y",)))
     graph.outputs.append(ValueInfo("y", FLOAT, (1, CHANNELS, 6, 6)))
@@ -125,6 +130,20 @@ def test_a_depthwise_consumer_passes_the_question_on_to_its_own_consumers() -> N
     assert rewritten_and_same(read) == ["d", "b"]
 
 
+def test_weights_on_an_input_that_is_always_its_zero_point_are_zeroed() -> None:
+    """Channel 2 of ``a`` has real weight 0; with a bias below 0 the ReLU6 grid (zero point 0)
+    makes it 0 everywhere, so the depthwise weights that read it do not matter."""
+    rng = np.random.default_rng(4)
+    first = _weights(rng)
+    first[2] = 128
+    depthwise = with_wide_channel(_weights(rng, 3, depthwise=True))
+    silent = network(first, "depthwise", depthwise=depthwise, bias=np.array([5, 9, -40, 3]))
+    assert rewritten_and_same(silent) == ["a", "d", "b"]
+    assert not silent.initializers["d_wq"][2].any()
+    live = network(first, "depthwise", depthwise=depthwise, bias=np.array([5, 9, 40, 3]))
+    assert rewritten_and_same(live) == ["a", "b"]
+
+
 def test_any_other_reader_counts_as_reading_every_channel() -> None:
     graph = network(with_wide_channel(_weights(np.random.default_rng(2))), "add")
     assert rewritten_and_same(graph) == []
@@ -151,4 +170,4 @@ def test_the_aiy_graph_computes_the_same_with_and_without_the_rewrite(
         np.testing.assert_array_equal(a, b)
     int8_zero = [n for n, a in rewritten.initializers.items()
                  if n.endswith("_z") and a.dtype == np.int8 and not a.any()]
-    assert len(int8_zero) >= 8  # the 5 depthwise layers and 3 ordinary ones that qualify
+    assert len(int8_zero) == 9  # the 6 depthwise layers and 3 ordinary ones that qualify
