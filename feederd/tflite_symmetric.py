@@ -152,8 +152,8 @@ class _Convs:
 
 
 def make_symmetric(graph: Graph) -> list[str]:
-    """Rewrite in place the weights of every Conv that :mod:`this module <feederd.tflite_symmetric>`
-    can make exact with zero point 0; returns their names."""
+    """Give zero point 0 to the weights of every Conv where the rules above make that exact,
+    in place; returns the names of those Convs."""
     convs = _Convs(graph)
     plans: list[tuple[Node, np.ndarray]] = []
     for conv in (node for node in graph.nodes if node.op_type == "Conv"):
