@@ -403,12 +403,18 @@ from feederd.mining.decisions import Candidate
 from feederd.spool import Spool
 from feederd.types import ClassifiedFrame, Prediction
 
+def say(*words):
+    # One write(2) per line: a pipe takes it whole, so a child killed mid-line cannot leave half
+    # a line for the zygote's next one (print writes word by word when stdout is unbuffered,
+    # e.g. under PYTHONUNBUFFERED, and left "committed reaped 123" once).
+    os.write(1, (" ".join(map(str, words)) + "\n").encode())
+
 def spool_forever(directory, jpegs, seed, max_count):
     rng = np.random.default_rng(seed)
     cfg = SpoolConfig(max_count=max_count, max_bytes=2**30, commit_interval_s=600,
                       min_free_bytes=0)
     spool = Spool(Path(directory), cfg, dedup_distance=0)
-    print("ready", flush=True)
+    say("ready")
     pred = Prediction(("crow", "other"), (0.6, 0.4), np.array([0.6, 0.4], np.float32))
     n = 0
     while True:
@@ -419,7 +425,7 @@ def spool_forever(directory, jpegs, seed, max_count):
                                 int(rng.integers(0, 2**63))), jpegs[n % len(jpegs)], "m1")
             n += 1
         spool.flush()
-        print("committed", spool.last_seq, flush=True)
+        say("committed", spool.last_seq)
 
 directory, jpeg_dir, max_count, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 jpegs = [p.read_bytes() for p in sorted(Path(jpeg_dir).glob("*.jpg"))]
@@ -432,9 +438,9 @@ for line in sys.stdin:  # "go SEED": fork a writer that the test kills with SIGK
             spool_forever(directory, jpegs, int(line.split()[1]), max_count)
         finally:
             os._exit(1)
-    print("child", pid, flush=True)
+    say("child", pid)
     os.waitpid(pid, 0)
-    print("reaped", pid, flush=True)
+    say("reaped", pid)
 '''
 
 
