@@ -363,16 +363,21 @@ def _allowed_keys(loc: tuple[Any, ...]) -> str:
     return f"allowed in {where}: {', '.join(model.model_fields)}"
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, refusing secrets in it."""
+def parse_toml(path: Path, missing: str) -> dict[str, Any]:
+    """A TOML file's contents; ConfigError naming the file (``missing`` when it is absent)."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such config file; create it or pass --config") from exc
+        raise ConfigError(f"{path}: {missing}") from exc
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, refusing secrets in it."""
+    data = parse_toml(path, "no such config file; create it or pass --config")
     if "password" in data.get("mqtt", {}):
         raise ConfigError(
             "mqtt.password: secrets are not read from the config file; set "

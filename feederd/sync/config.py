@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from feederd.config import CameraConfig, ClassifierConfig, MiningConfig
+from feederd.config import CameraConfig, ClassifierConfig, MiningConfig, parse_toml
 from feederd.errors import ConfigError
 
 CONFIG_ENV = "FEEDER_SYNC_CONFIG"
@@ -176,7 +175,7 @@ def load_config(path: Path | None = None) -> tuple[SyncConfig, Path]:
     target = config_target(explicit)
     data: dict[str, Any] = {}
     if target.exists() or explicit is not None:
-        data = _read_toml(target)
+        data = parse_toml(target, "no such feeder-sync config file")
     try:
         config = SyncConfig(**data)
     except ValidationError as exc:
@@ -191,17 +190,6 @@ def config_target(path: Path | None = None) -> Path:
     """The config file ``load_config`` reads: ``path``, $FEEDER_SYNC_CONFIG or the default."""
     explicit = path or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     return (explicit or default_config_path()).expanduser()
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: no such feeder-sync config file") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
 
 def pick_device(config: SyncConfig, name: str | None) -> str:
